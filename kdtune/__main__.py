@@ -1,0 +1,5 @@
+import sys
+
+from kdtune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,111 @@
+"""The Optuna search of one (dataset, method): a define-by-run space behind Ray Tune's OptunaSearch.
+
+Define-by-run lets the space depend on the method: ``hint_layer`` (and ``beta``) exist only for
+``ikd``, ``alpha`` and ``tau`` only for methods that distil. The Optuna study lives in a journal
+file in the run directory, so a resumed run continues the same TPE study, and parameter
+importance can be computed from it later.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from kdtune.spec import StudySpec
+
+PAPER_POINT = {"alpha": 0.7, "tau": 4.0}
+
+
+def define_space(trial: optuna.Trial, method: str, space: dict[str, Any]) -> dict[str, Any]:
+    """Sample one configuration; returns the fixed values of the dimensions not searched.
+
+    Module level (not a closure) so that Ray can pickle the searcher with it.
+    """
+    fixed: dict[str, Any] = {}
+    if space.get("lr"):
+        trial.suggest_float("lr", *space["lr"], log=True)
+    if method == "scratch":
+        return fixed
+    for name in ("alpha", "tau"):
+        if space.get(name):
+            trial.suggest_float(name, *space[name])
+        else:
+            fixed[name] = space["fixed"][name]
+    if method == "ikd":
+        if len(space["hint_layers"]) > 1:
+            trial.suggest_categorical("hint_layer", space["hint_layers"])
+        else:
+            fixed["hint_layer"] = space["hint_layers"][0]
+        if space.get("beta"):
+            trial.suggest_float("beta", *space["beta"], log=space["beta"][0] > 0)
+        else:
+            fixed["beta"] = space["fixed"]["beta"]
+    return fixed
+
+
+def space_of(spec: StudySpec) -> dict[str, Any]:
+    """The plain-data description of the search space that ``define_space`` reads."""
+    s, d = spec.search, spec.distillation
+    return {"lr": s.lr, "alpha": s.alpha, "tau": s.tau, "beta": s.beta,
+            "hint_layers": spec.hint_choices(),
+            "fixed": {"alpha": d.alpha, "tau": d.tau, "beta": d.beta}}
+
+
+def searched_dimensions(spec: StudySpec, method: str) -> list[str]:
+    """Names of the hyperparameters Optuna varies for ``method``."""
+    s = spec.search
+    dims = ["lr"] if s.lr else []
+    if method in ("rkd", "ikd"):
+        dims += [name for name in ("alpha", "tau") if getattr(s, name)]
+    if method == "ikd":
+        dims += ["hint_layer"] if len(spec.hint_choices()) > 1 else []
+        dims += ["beta"] if s.beta else []
+    return dims
+
+
+def make_searcher(spec: StudySpec, method: str, journal: Path, study_name: str,
+                  seed: int) -> ConcurrencyLimiter:
+    """OptunaSearch (TPE) for one (dataset, method), stored in ``journal``."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    existing = [t for t in _trials(storage, study_name)]
+    points = None
+    if spec.search.include_paper_point and method in ("rkd", "ikd") and not existing:
+        point = {k: v for k, v in PAPER_POINT.items() if getattr(spec.search, k)
+                 and getattr(spec.search, k)[0] <= v <= getattr(spec.search, k)[1]}
+        points = [point] if point else None
+    searcher = OptunaSearch(
+        space=functools.partial(define_space, method=method, space=space_of(spec)),
+        metric="val_acc", mode="max", sampler=optuna.samplers.TPESampler(seed=seed),
+        storage=storage, study_name=study_name, points_to_evaluate=points)
+    # TPE drowns in random start-up trials when many run at once: keep it fed in small steps
+    return ConcurrencyLimiter(searcher, max_concurrent=spec.search.max_concurrent)
+
+
+def _trials(storage: Any, study_name: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage).trials
+    except KeyError:
+        return []
+
+
+def load_optuna_study(journal: Path, study_name: str) -> optuna.Study | None:
+    """The stored Optuna study of one search, or None if it never ran."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if not journal.exists():
+        return None
+    try:
+        return optuna.load_study(study_name=study_name,
+                                 storage=JournalStorage(JournalFileBackend(str(journal))))
+    except KeyError:
+        return None

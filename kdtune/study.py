@@ -1,0 +1,457 @@
+"""Orchestration of one study on Ray Tune: teachers, one Optuna search per (dataset, method),
+then the final evaluation of each best config over the spec's seeds.
+
+Every stage is a ``tune.Tuner`` run; a driver-side callback writes each trial to Parquet the
+moment it ends. A stage is skipped, or shortened, by what the Parquet files already hold, so
+``kdtune resume RUN_DIR`` (or a crash followed by a resume) reruns no finished trial.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdtune.data import DatasetUnavailable, load_splits
+from kdtune.results import (
+    GAIN_SCHEMA, GAINS_FILE, ResultsStore, best_search_trial, compute_gains, read_rows,
+    write_table_atomic,
+)
+from kdtune.spec import DatasetSpec, StudySpec, parse_spec
+from kdtune.trainables import flat_config, teacher_path
+
+import pyarrow as pa
+
+DATASETS_FILE = "datasets.parquet"
+SPEC_FILE = "spec.yaml"
+RUN_FILE = "run.json"
+
+DATASET_SCHEMA = pa.schema([
+    ("dataset", pa.string()), ("name", pa.string()), ("channels", pa.int64()),
+    ("image_size", pa.int64()), ("num_classes", pa.int64()), ("n_train", pa.int64()),
+    ("n_val", pa.int64()), ("n_test", pa.int64()),
+])
+
+
+class StorageError(RuntimeError):
+    """The storage path cannot hold a run (unwritable, not a folder, ...)."""
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def resolve_paths(spec: StudySpec, storage: str | None, data_dir: str | None,
+                  download: bool | None = None) -> StudySpec:
+    """Make storage and data paths absolute (Ray needs absolute paths; trials run elsewhere)."""
+    storage_path = storage or spec.storage
+    if "://" not in storage_path:
+        storage_path = str(Path(storage_path).expanduser().resolve())
+    datasets = []
+    for ds in spec.datasets:
+        update: dict[str, Any] = {}
+        folder = ds.data_dir or data_dir
+        if folder:
+            update["data_dir"] = str(Path(folder).expanduser().resolve())
+        if download is not None:
+            update["download"] = download or ds.download
+        datasets.append(ds.model_copy(update=update))
+    return spec.model_copy(update={"storage": storage_path, "datasets": datasets})
+
+
+def check_datasets(spec: StudySpec) -> list[dict[str, Any]]:
+    """Load every dataset once in the driver: a missing one fails before any trial starts."""
+    rows = []
+    for ds in spec.datasets:
+        fractions = {} if ds.split == "paper" else {"fractions": tuple(ds.split)}
+        splits = load_splits(ds.name, data_dir=ds.data_dir, download=ds.download,
+                             split_seed=ds.split_seed, max_train=ds.max_train, **fractions)
+        sizes = splits.sizes()
+        rows.append({"dataset": ds.label, "name": ds.name, "channels": splits.channels,
+                     "image_size": splits.image_size, "num_classes": splits.num_classes,
+                     "n_train": sizes["train"], "n_val": sizes["val"], "n_test": sizes["test"]})
+    return rows
+
+
+def check_storage(storage: Path) -> None:
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+        probe = storage / f".kdtune-write-test-{os.getpid()}"
+        probe.write_bytes(b"x" * 4096)
+        probe.unlink()
+    except OSError as error:
+        raise StorageError(f"storage {storage}: not writable ({error.strerror or error})") from None
+
+
+def new_run_dir(spec: StudySpec) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(spec.storage) / f"{spec.study}-{stamp}"
+    run_dir, n = base, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
+    return run_dir
+
+
+def _write_json_atomic(data: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- Tune glue
+
+def _tune_callback(store: ResultsStore, spec: StudySpec, stage: str, role: str,
+                   expected: int, log: Callable[[str], None]):
+    from ray.tune import Callback
+
+    labels = [ds.label for ds in spec.datasets]
+
+    class Recorder(Callback):
+        """Writes each finished trial to Parquet at once and prints progress."""
+
+        def __init__(self) -> None:
+            self.done = 0
+            self.best: float | None = None
+
+        def _base(self, trial) -> dict[str, Any]:
+            c = flat_config(trial.config)
+            return {"study": spec.study, "run_id": store.run_dir.name, "stage": stage,
+                    "trial_id": f"{stage}:{trial.trial_id}",
+                    "dataset": labels[int(c["dataset_index"])], "method": c["method"],
+                    "role": role, "seed": int(c["seed"])}
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if "epoch" not in result:
+                return
+            row = self._base(trial) | {k: result.get(k) for k in (
+                "epoch", "train_loss", "loss_ce", "loss_kd", "loss_hint", "val_acc", "epoch_s",
+                "wall_s")}
+            store.add_epoch(row)
+            if role == "teacher":
+                log(f"  [{stage}] {row['dataset']} teacher epoch {row['epoch']}/"
+                    f"{spec.training.teacher_epochs}: val {row['val_acc']:.1f}%")
+
+        def _finish(self, trial, status: str | None, failure: str | None) -> None:
+            c, last = flat_config(trial.config), trial.last_result or {}
+            budget = (spec.training.teacher_epochs if role == "teacher"
+                      else spec.training.student_epochs)
+            epochs_run = int(last.get("epoch") or 0)
+            if status is None:
+                if last.get("diverged"):
+                    status, failure = "failed", last.get("failure")
+                else:
+                    status = "finished" if epochs_run >= budget else "stopped"
+            row = self._base(trial) | {
+                "alpha": c.get("alpha"), "tau": c.get("tau"), "hint_layer": c.get("hint_layer"),
+                "beta": c.get("beta"), "lr": float(c.get("lr", spec.training.lr)),
+                "config_json": json.dumps({k: v for k, v in sorted(c.items())
+                                           if k not in ("teacher_path",)}, default=str),
+                "val_acc": last.get("val_acc") if status != "failed" else None,
+                "test_acc": last.get("test_acc"), "epochs_run": epochs_run,
+                "epochs_budget": budget, "status": status, "failure": failure,
+                "wall_s": last.get("wall_s"), "teacher_id": c.get("teacher_id"),
+                "node_id": last.get("node_id"),
+                "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            }
+            store.finish_trial(row)
+            self.done += 1
+            if row["val_acc"] is not None and status == "finished":
+                self.best = max(self.best or 0.0, row["val_acc"])
+            hp = " ".join(f"{k}={row[k]:.3g}" if isinstance(row[k], float) else f"{k}={row[k]}"
+                          for k in ("alpha", "tau", "hint_layer", "lr") if row[k] is not None
+                          and (k != "lr" or spec.search.lr))
+            val = f"val {row['val_acc']:.1f}%" if row["val_acc"] is not None else "no val"
+            best = f" (best {self.best:.1f}%)" if self.best is not None and role == "search" else ""
+            why = f" [{status}: {failure}]" if failure else (" [stopped early]" if status == "stopped" else "")
+            log(f"  [{stage}] {self.done}/{expected} {row['dataset']} {row['method']} seed "
+                f"{row['seed']}: {val}{best} after {epochs_run} epochs, "
+                f"{row['wall_s'] or 0:.0f}s {hp}{why}")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._finish(trial, None, None)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            failure = "trial raised an error"
+            if trial.error_file and Path(trial.error_file).exists():
+                lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
+                failure = lines[-1][:500] if lines else failure
+            self._finish(trial, "failed", failure)
+
+    return Recorder()
+
+
+def _fit(trainable, spec: StudySpec, run_dir: Path, stage: str, param_space: dict[str, Any],
+         num_samples: int, callback, searcher=None, scheduler=None) -> None:
+    from ray import tune
+
+    resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(trainable, spec=spec), resources),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                    num_samples=num_samples, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=stage, storage_path=str(run_dir / "tune"), callbacks=[callback], verbose=0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # a worker that dies is retried from its last checkpoint; code errors fail fast
+            failure_config=tune.FailureConfig(max_failures=2)),
+    )
+    tuner.fit()
+
+
+def _asha(spec: StudySpec):
+    if not spec.scheduler.asha:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="training_iteration", metric="val_acc", mode="max",
+                         max_t=spec.training.student_epochs,
+                         grace_period=min(spec.scheduler.grace_period,
+                                          spec.training.student_epochs),
+                         reduction_factor=spec.scheduler.reduction_factor)
+
+
+def _init_ray(address: str | None, log: Callable[[str], None]) -> None:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C reaches kdtune at once
+    # kdtune prints its own one-line-per-trial progress; Tune's tables and warnings would bury it
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import optuna
+    import ray
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    if ray.is_initialized():
+        return
+    started = time.perf_counter()
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        where = f"cluster at {address}"
+    else:
+        # the dashboard stays off: nothing listens beyond what Ray itself needs on loopback
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
+                 logging_level=logging.WARNING, log_to_driver=False)
+        where = "embedded Ray"
+    res = ray.cluster_resources()
+    log(f"Ray: {where}, {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs "
+        f"({time.perf_counter() - started:.1f}s)")
+
+
+# ----------------------------------------------------------------------------- the study
+
+class Study:
+    """One run directory of one spec. ``run()`` runs (or continues) every stage."""
+
+    def __init__(self, spec: StudySpec, run_dir: Path, spec_text: str | None = None,
+                 log: Callable[[str], None] = _log) -> None:
+        self.spec, self.run_dir, self.log = spec, Path(run_dir), log
+        self.spec_text = spec_text
+        self.store = ResultsStore(self.run_dir)
+
+    @classmethod
+    def create(cls, spec: StudySpec, spec_text: str, log: Callable[[str], None] = _log) -> Study:
+        """Check storage and datasets, then make the run directory (nothing before the checks)."""
+        check_storage(Path(spec.storage))
+        dataset_rows = check_datasets(spec)
+        run_dir = new_run_dir(spec)
+        run_dir.mkdir(parents=True)
+        (run_dir / SPEC_FILE).write_text(spec_text)
+        write_table_atomic(dataset_rows, DATASET_SCHEMA, run_dir / DATASETS_FILE)
+        study = cls(spec, run_dir, spec_text, log)
+        study._write_meta("created")
+        return study
+
+    @classmethod
+    def open(cls, run_dir: Path, log: Callable[[str], None] = _log) -> Study:
+        """An existing run directory, for ``kdtune resume``."""
+        run_dir = Path(run_dir).resolve()
+        spec_file = run_dir / SPEC_FILE
+        if not spec_file.exists():
+            raise StorageError(f"{run_dir}: not a kdtune run directory (no {SPEC_FILE})")
+        meta = json.loads((run_dir / RUN_FILE).read_text()) if (run_dir / RUN_FILE).exists() else {}
+        spec = parse_spec(yaml.safe_load(spec_file.read_text()), str(spec_file))
+        spec = spec.model_copy(update={"storage": meta.get("storage", str(run_dir.parent))})
+        if meta.get("datasets"):
+            spec = spec.model_copy(update={"datasets": [DatasetSpec(**d) for d in meta["datasets"]]})
+        return cls(spec, run_dir, spec_file.read_text(), log)
+
+    def _write_meta(self, status: str, **extra: Any) -> None:
+        path = self.run_dir / RUN_FILE
+        meta = json.loads(path.read_text()) if path.exists() else {}
+        meta.update({"study": self.spec.study, "status": status, "storage": self.spec.storage,
+                     "datasets": [d.model_dump() for d in self.spec.datasets],
+                     "host": socket.gethostname(), "platform": platform.platform(),
+                     "python": platform.python_version(),
+                     "updated_at": dt.datetime.now().isoformat(timespec="seconds")}, **extra)
+        meta.setdefault("created_at", meta["updated_at"])
+        _write_json_atomic(meta, path)
+
+    # --- stages -------------------------------------------------------------------------
+    def _teachers(self) -> dict[int, tuple[str, Path]]:
+        from kdtune.trainables import train_teacher
+
+        spec = self.spec
+        out, to_train = {}, []
+        for index, ds in enumerate(spec.datasets):
+            tid = spec.teacher_id(ds)
+            path = teacher_path(spec.storage, tid)
+            out[index] = (tid, path)
+            if path.exists():
+                self.log(f"teacher {tid}: reusing {path}")
+                self._record_reused_teacher(index, tid, path)
+            elif index not in [i for i, _ in to_train] and tid not in [t for _, t in to_train]:
+                to_train.append((index, tid))
+        if to_train:
+            self.log(f"stage teachers: training {len(to_train)} teacher(s) "
+                     f"({spec.teacher.arch}, {spec.training.teacher_epochs} epochs)")
+            jobs = [{"dataset_index": i, "method": "teacher", "role": "teacher",
+                     "seed": spec.teacher_seed, "teacher_id": tid,
+                     "teacher_path": str(out[i][1]), "cpus": spec.resources.cpus,
+                     "gpus": spec.resources.gpus} for i, tid in to_train]
+            from ray import tune
+
+            callback = _tune_callback(self.store, spec, "teachers", "teacher", len(jobs), self.log)
+            _fit(train_teacher, spec, self.run_dir, "teachers",
+                 {"job": tune.grid_search(jobs)}, 1, callback)
+            missing = [tid for i, tid in to_train if not out[i][1].exists()]
+            if missing:
+                raise RuntimeError(f"teacher training failed for {', '.join(missing)}; "
+                                   f"see {self.run_dir / 'trials.parquet'}")
+        return out
+
+    def _record_reused_teacher(self, index: int, tid: str, path: Path) -> None:
+        import torch
+
+        stage = "teachers"
+        trial_id = f"{stage}:reused:{tid}"
+        if any(r["trial_id"] == trial_id for r in self.store.trials):
+            return
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.store.finish_trial({
+            "study": self.spec.study, "run_id": self.run_dir.name, "stage": stage,
+            "trial_id": trial_id, "dataset": self.spec.datasets[index].label,
+            "method": "teacher", "role": "teacher", "seed": self.spec.teacher_seed,
+            "lr": self.spec.training.lr, "config_json": json.dumps({"reused": str(path)}),
+            "val_acc": state.get("val_acc"), "test_acc": state.get("test_acc"),
+            "epochs_run": self.spec.training.teacher_epochs,
+            "epochs_budget": self.spec.training.teacher_epochs, "status": "reused",
+            "wall_s": 0.0, "teacher_id": tid})
+
+    def _search(self, index: int, method: str, teacher: tuple[str, Path]) -> None:
+        from kdtune.search import make_searcher
+        from kdtune.trainables import train_student
+
+        spec, ds = self.spec, self.spec.datasets[index]
+        stage = f"search-{ds.label}-{method}".replace("[", "_").replace("]", "").replace("=", "")
+        done = [r for r in self.store.trials if r["stage"] == stage]
+        remaining = spec.search.trials - len(done)
+        if remaining <= 0:
+            self.log(f"stage {stage}: all {spec.search.trials} trials already in the results")
+            return
+        self.log(f"stage {stage}: {remaining} Optuna trial(s)"
+                 + (f" ({len(done)} already done)" if done else ""))
+        searcher = make_searcher(spec, method, self.run_dir / "optuna" / "journal.log",
+                                 stage, seed=spec.search.sampler_seed + index)
+        constants = {"dataset_index": index, "method": method, "role": "search",
+                     "seed": spec.final.seeds[0], "teacher_id": teacher[0],
+                     "teacher_path": str(teacher[1]), "cpus": spec.resources.cpus,
+                     "gpus": spec.resources.gpus}
+        callback = _tune_callback(self.store, spec, stage, "search", remaining, self.log)
+        _fit(train_student, spec, self.run_dir, stage, constants, remaining, callback,
+             searcher=searcher, scheduler=_asha(spec))
+
+    def _final(self, teachers: dict[int, tuple[str, Path]]) -> None:
+        from ray import tune
+
+        from kdtune.trainables import train_student
+
+        spec = self.spec
+        jobs = []
+        for index, ds in enumerate(spec.datasets):
+            for method in spec.methods:
+                best = best_search_trial(self.store.trials, ds.label, method)
+                if best is None:
+                    self.log(f"final: no finished search trial for {ds.label} {method}; skipped")
+                    continue
+                config = {k: v for k, v in json.loads(best["config_json"]).items()
+                          if k in ("alpha", "tau", "hint_layer", "beta", "lr")}
+                for seed in spec.final.seeds:
+                    if self.store.finished(role="final", dataset=ds.label, method=method,
+                                           seed=seed):
+                        continue
+                    jobs.append(config | {
+                        "dataset_index": index, "method": method, "role": "final",
+                        "seed": seed, "teacher_id": teachers.get(index, ("", ""))[0],
+                        "teacher_path": str(teachers.get(index, ("", ""))[1]),
+                        "selected_from": best["trial_id"], "cpus": spec.resources.cpus,
+                        "gpus": spec.resources.gpus})
+        if not jobs:
+            self.log("stage final: nothing left to run")
+            return
+        self.log(f"stage final: {len(jobs)} trainings (best config per dataset and method "
+                 f"x seeds {spec.final.seeds})")
+        callback = _tune_callback(self.store, spec, "final", "final", len(jobs), self.log)
+        _fit(train_student, spec, self.run_dir, "final",
+             {"job": tune.grid_search(jobs)}, 1, callback)
+
+    def run(self, address: str | None = None) -> Path:
+        """Run every stage not yet done; write gains and the report; return the run directory."""
+        from kdtune.report import build_report
+
+        started = time.perf_counter()
+        self.log(f"run directory: {self.run_dir}")
+        self._write_meta("running")
+        _init_ray(address, self.log)
+        try:
+            needs_teacher = any(m != "scratch" for m in self.spec.methods)
+            teachers = self._teachers() if needs_teacher else {}
+            for index in range(len(self.spec.datasets)):
+                for method in self.spec.methods:
+                    self._search(index, method, teachers.get(index, ("", Path())))
+            self._final(teachers)
+        except BaseException:
+            self._write_meta("interrupted")
+            raise
+        gains = compute_gains(self.store.trials)
+        write_table_atomic(gains, GAIN_SCHEMA, self.run_dir / GAINS_FILE)
+        report = build_report(self.run_dir)
+        wall = time.perf_counter() - started
+        self._write_meta("finished", wall_s=round(wall, 1))
+        self.log(summary(self.store.trials, gains, wall))
+        self.log(f"report: {report}")
+        return self.run_dir
+
+
+def summary(trials: list[dict[str, Any]], gains: list[dict[str, Any]], wall_s: float) -> str:
+    counts: dict[str, int] = {}
+    for r in trials:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    lines = [f"done in {wall_s:.0f}s: {len(trials)} trials ("
+             + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")"]
+    for g in gains:
+        if g["method"] == "scratch":
+            lines.append(f"  {g['dataset']:<16} scratch  test {g['test_acc_mean']:.2f}% "
+                         f"over {g['n_seeds']} seeds")
+        else:
+            lines.append(f"  {g['dataset']:<16} {g['method']:<8} test {g['test_acc_mean']:.2f}%"
+                         f"  gain {g['gain_pts']:+.2f} pts  95% CI [{g['gain_ci_low']:+.2f}, "
+                         f"{g['gain_ci_high']:+.2f}]")
+    return "\n".join(lines)
+
+
+def load_trials(run_dir: Path) -> list[dict[str, Any]]:
+    return read_rows(Path(run_dir) / "trials.parquet")
+
+
+__all__ = ["Study", "StorageError", "DatasetUnavailable", "resolve_paths", "summary"]

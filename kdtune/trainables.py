@@ -1,0 +1,159 @@
+"""Ray Tune function trainables: teacher pretraining, scratch baseline, student distillation.
+
+Each is a plain ``fn(config, study)`` that builds its job from the config, runs the bare training
+loop of :mod:`kdtune.engine`, and reports validation accuracy plus a checkpoint every epoch
+(``tune.report``). A trial restarted by Tune resumes from its last checkpoint. The last report
+of a trial also carries its test accuracy, measured once training ends: it is recorded, never
+used to choose anything.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdtune.data import Splits, load_splits
+from kdtune.distill import Scratch, build_distiller
+from kdtune.engine import Budget, TrainingDiverged, evaluate, make_optimizer, pick_device, train_epochs
+from kdtune.models import build_model
+from kdtune.spec import DatasetSpec, StudySpec
+
+_SPLITS_CACHE: dict[tuple[str, str], Splits] = {}
+_TEACHER_CACHE: dict[tuple[str, float, str], torch.nn.Module] = {}
+
+TEACHER_FILE = "teacher.pt"
+
+
+def dataset_splits(dataset: DatasetSpec, device: torch.device) -> Splits:
+    """Load a dataset once per worker process (Ray reuses workers between trials)."""
+    key = (dataset.model_dump_json(), str(device))
+    if key not in _SPLITS_CACHE:
+        fractions = None if dataset.split == "paper" else tuple(dataset.split)
+        kwargs = {"fractions": fractions} if fractions else {}
+        splits = load_splits(dataset.name, data_dir=dataset.data_dir, download=dataset.download,
+                             split_seed=dataset.split_seed, max_train=dataset.max_train, **kwargs)
+        _SPLITS_CACHE[key] = splits.to(device)
+    return _SPLITS_CACHE[key]
+
+
+def teacher_path(storage: str | Path, teacher_id: str) -> Path:
+    return Path(storage) / "teachers" / teacher_id / TEACHER_FILE
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` through a temporary file and a rename: never a truncated file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_teacher(spec: StudySpec, path: Path, splits: Splits, device: torch.device) -> torch.nn.Module:
+    key = (str(path), path.stat().st_mtime, str(device))
+    if key not in _TEACHER_CACHE:
+        teacher = build_model(spec.teacher.arch, splits.channels, splits.num_classes,
+                              splits.image_size, spec.teacher.options)
+        state = torch.load(path, map_location=device, weights_only=True)
+        teacher.load_state_dict(state["model"])
+        _TEACHER_CACHE[key] = teacher.to(device).eval()
+    return _TEACHER_CACHE[key]
+
+
+def _budget(spec: StudySpec, epochs: int, config: dict[str, Any]) -> Budget:
+    t = spec.training
+    return Budget(epochs=epochs, batch_size=t.batch_size, optimizer=t.optimizer,
+                  lr=float(config.get("lr", t.lr)), momentum=t.momentum,
+                  weight_decay=t.weight_decay, augmentation=t.augmentation, amp=t.amp)
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - outside Ray (tests) there is no node
+        return "local"
+
+
+def flat_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's config with a grid-searched ``job`` dict merged into the top level."""
+    job = config.get("job")
+    return {k: v for k, v in config.items() if k != "job"} | (job or {})
+
+
+def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool) -> None:
+    from ray import tune
+
+    config = flat_config(config)
+    started = time.perf_counter()
+    torch.set_num_threads(max(1, int(config.get("cpus", 1))))
+    device = pick_device(float(config.get("gpus", 0)))
+    dataset = spec.datasets[int(config["dataset_index"])]
+    splits = dataset_splits(dataset, device)
+    seed = int(config["seed"])
+    torch.manual_seed(seed)
+    arch = spec.teacher if is_teacher else spec.student
+    epochs = spec.training.teacher_epochs if is_teacher else spec.training.student_epochs
+    model = build_model(arch.arch, splits.channels, splits.num_classes, splits.image_size,
+                        arch.options).to(device)
+    if is_teacher or config["method"] == "scratch":
+        distiller = Scratch(model)
+    else:
+        teacher = load_teacher(spec, Path(config["teacher_path"]), splits, device)
+        distiller = build_distiller(config["method"], model, teacher, config,
+                                    student_arch=spec.student.arch, teacher_arch=spec.teacher.arch,
+                                    example=splits.train_x[:2].float()).to(device)
+    budget = _budget(spec, epochs, config)
+    optimizer = make_optimizer([p for p in distiller.parameters() if p.requires_grad], budget)
+    start_epoch, generator_state = 0, None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:  # a retried or resumed trial continues where it stopped
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / "state.pt", map_location=device, weights_only=True)
+        distiller.load_state_dict(state["distiller"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, generator_state = int(state["epoch"]), state["generator"]
+    node_id = _node_id()
+    try:
+        for report in train_epochs(distiller, splits, budget, seed=seed, start_epoch=start_epoch,
+                                   optimizer=optimizer, generator_state=generator_state):
+            metrics = report.metrics() | {"node_id": node_id,
+                                          "wall_s": time.perf_counter() - started}
+            if report.epoch == budget.epochs:
+                metrics["test_acc"] = evaluate(model, splits.test_x, splits.test_y, splits,
+                                               amp=budget.amp)
+                if is_teacher:
+                    save_atomic({"model": model.state_dict(), "val_acc": report.val_acc,
+                                 "test_acc": metrics["test_acc"]}, Path(config["teacher_path"]))
+            with tempfile.TemporaryDirectory() as folder:
+                torch.save({"distiller": distiller.state_dict(),
+                            "optimizer": report.optimizer.state_dict(),
+                            "generator": report.generator_state, "epoch": report.epoch},
+                           Path(folder) / "state.pt")
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+    except TrainingDiverged as error:
+        # reported, not raised: retrying a diverging config wastes compute, and the search
+        # should learn that this corner of the space is bad (val_acc 0)
+        tune.report({"val_acc": 0.0, "diverged": 1, "failure": str(error), "node_id": node_id,
+                     "wall_s": time.perf_counter() - started})
+
+
+def train_teacher(config: dict[str, Any], spec: StudySpec) -> None:
+    """Pretrain one teacher and save it to the study's teacher store."""
+    _run(config, spec, is_teacher=True)
+
+
+def train_student(config: dict[str, Any], spec: StudySpec) -> None:
+    """Train a student: from scratch, or distilled from the stored teacher (``config['method']``)."""
+    _run(config, spec, is_teacher=False)
+
