@@ -19,17 +19,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import yaml
 
 from kdtune.data import DatasetUnavailable, load_splits
 from kdtune.results import (
-    GAIN_SCHEMA, GAINS_FILE, ResultsStore, best_search_trial, compute_gains, read_rows,
+    GAIN_SCHEMA,
+    GAINS_FILE,
+    ResultsStore,
+    best_search_trial,
+    compute_gains,
+    read_rows,
     write_table_atomic,
 )
 from kdtune.spec import DatasetSpec, StudySpec, parse_spec
 from kdtune.trainables import flat_config, teacher_path
-
-import pyarrow as pa
 
 DATASETS_FILE = "datasets.parquet"
 SPEC_FILE = "spec.yaml"

@@ -19,7 +19,14 @@ import torch
 
 from kdtune.data import Splits, load_splits
 from kdtune.distill import Scratch, build_distiller
-from kdtune.engine import Budget, TrainingDiverged, evaluate, make_optimizer, pick_device, train_epochs
+from kdtune.engine import (
+    Budget,
+    TrainingDiverged,
+    evaluate,
+    make_optimizer,
+    pick_device,
+    train_epochs,
+)
 from kdtune.models import build_model
 from kdtune.spec import DatasetSpec, StudySpec
 

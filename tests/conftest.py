@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny study spec that runs through real Ray Tune in seconds."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+TINY_SPEC = {
+    "study": "tiny",
+    "storage": "runs",
+    "datasets": [{"name": "digits", "max_train": 300}],
+    "teacher": {"arch": "small_cnn", "options": {"widths": [8, 16]}},
+    "student": {"arch": "small_cnn", "options": {"widths": [4, 8]}},
+    "methods": ["scratch", "rkd", "ikd"],
+    "training": {"teacher_epochs": 3, "student_epochs": 2, "batch_size": 64, "lr": 0.05,
+                 "augmentation": "none"},
+    "search": {"trials": 2, "alpha": [0.1, 0.9], "tau": [1.0, 8.0],
+               "hint_layers": ["stage1", "stage2"], "max_concurrent": 2},
+    "final": {"seeds": [0, 1]},
+    "resources": {"cpus": 1, "gpus": 0},
+}
+
+
+@pytest.fixture
+def tiny_spec_dict() -> dict:
+    return copy.deepcopy(TINY_SPEC)
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path):
+    def write(data: dict, name: str = "spec.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return write

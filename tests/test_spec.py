@@ -1,0 +1,107 @@
+"""Spec validation: good specs load, bad ones give one line naming the field, exit 2, no files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kdtune.cli import main
+from kdtune.spec import SpecError, load_spec, parse_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "studies").glob("*.yaml")))
+def test_shipped_studies_validate(path, capsys):
+    assert main(["validate", str(path)]) == 0
+    assert "plan:" in capsys.readouterr().out
+
+
+def _mutate(spec: dict, dotted: str, value) -> dict:
+    node = spec
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+    last = parts[-1]
+    if last.isdigit():
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return spec
+
+
+@pytest.mark.parametrize("dotted,value,expected", [
+    ("datasets.0.name", "cifar1000", "datasets[0].name: unknown dataset 'cifar1000' (known:"),
+    ("methods.1", "magic", "methods[1]: unknown method 'magic'"),
+    ("search.alpha", [0.2, 1.5], "search.alpha: alpha must be <= 1.0"),
+    ("search.alpha", [-0.1, 0.5], "search.alpha: alpha must be >= 0.0"),
+    ("search.tau", [0.0, 4.0], "search.tau: tau must be > 0.0"),
+    ("search.hint_layers", ["stage1", "layer9"], "search.hint_layers: teacher small_cnn has no layer 'layer9' (valid: stage1, stage2)"),
+    ("search.hint_layers", ["stage2:stage7"], "search.hint_layers: student small_cnn has no layer 'stage7'"),
+    ("teacher.arch", "vgg99", "teacher.arch: unknown architecture 'vgg99'"),
+    ("training.augmentation", "mixup9", "training.augmentation: unknown augmentation 'mixup9'"),
+    ("training.epochs", 3, "training.epochs: unknown field"),
+    ("resources.gpus", -1, "resources.gpus: Input should be greater than or equal to 0"),
+    ("distillation.tau", 0, "distillation.tau: Input should be greater than 0"),
+])
+def test_bad_field_is_named(tiny_spec_dict, dotted, value, expected):
+    with pytest.raises(SpecError) as info:
+        parse_spec(_mutate(tiny_spec_dict, dotted, value))
+    message = str(info.value)
+    assert message.startswith(expected), message
+    assert "\n" not in message
+
+
+def test_yaml_syntax_error_gives_line_and_column(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("study: x\ndatasets:\n  - name: digits\n   bad: [1, 2\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert str(info.value).startswith(f"{path}:4:")
+    assert "YAML syntax error" in str(info.value)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(SpecError, match="nope.yaml: cannot read spec"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_ikd_without_hint_layer_is_rejected(tiny_spec_dict):
+    tiny_spec_dict["search"].pop("hint_layers")
+    with pytest.raises(SpecError, match=r"^search.hint_layers: method ikd needs a hint layer"):
+        parse_spec(tiny_spec_dict)
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+@pytest.mark.parametrize("dotted,value", [("datasets.0.name", "cifar1000"),
+                                          ("methods.0", "nope"),
+                                          ("search.alpha", [0.0, 2.0]),
+                                          ("search.tau", [-1.0, 2.0]),
+                                          ("search.hint_layers", ["layer4"])])
+def test_cli_bad_spec_exits_2_without_writing(tiny_spec_dict, write_spec, tmp_path, capsys,
+                                              command, dotted, value):
+    storage = tmp_path / "storage"
+    spec_path = write_spec(_mutate(tiny_spec_dict, dotted, value))
+    argv = [command, str(spec_path)] + (["--storage", str(storage)] if command == "run" else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kdtune: error: ") and "\n" not in err
+    assert not storage.exists()
+
+
+def test_cli_yaml_error_exits_2(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("study: [unclosed\n")
+    assert main(["run", str(path), "--storage", str(tmp_path / "s")]) == 2
+    assert "YAML syntax error" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_teacher_id_changes_with_what_changes_the_teacher(tiny_spec_dict):
+    spec = parse_spec(tiny_spec_dict)
+    same = parse_spec(tiny_spec_dict | {"search": {**tiny_spec_dict["search"], "trials": 9}})
+    assert spec.teacher_id(spec.datasets[0]) == same.teacher_id(same.datasets[0])
+    tiny_spec_dict["training"]["teacher_epochs"] = 7
+    other = parse_spec(tiny_spec_dict)
+    assert spec.teacher_id(spec.datasets[0]) != other.teacher_id(other.datasets[0])
