@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
@@ -93,13 +92,6 @@ def _plan(spec) -> str:
     return "\n".join(lines)
 
 
-def _interrupt_on_sigterm() -> None:
-    def handler(signum, frame):  # noqa: ARG001 - signal API
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from kdtune.spec import SpecError, load_spec
@@ -123,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from kdtune.data import DatasetUnavailable
-    from kdtune.study import StorageError, Study, resolve_paths
+    from kdtune.study import StorageError, Study, StudyError, resolve_paths, stop_on_sigterm
 
-    _interrupt_on_sigterm()
+    stop_on_sigterm()
     study = None
     try:
         if args.command == "run":
@@ -140,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (SpecError, StorageError, DatasetUnavailable) as error:
         return _fail(str(error))
+    except StudyError as error:
+        return _fail(str(error), 1)
     except KeyboardInterrupt:
         if study is None:
             return _fail("interrupted before the run started", 130)

@@ -210,9 +210,16 @@ def load_splits(name: str, *, data_dir: str | Path | None = None, download: bool
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator,
                   device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
-    """Shuffled index batches over ``n`` samples (the last, smaller batch is kept)."""
+    """Shuffled index batches over ``n`` samples (the last, smaller batch is kept).
+
+    A last batch of a single sample is folded into the one before: BatchNorm cannot train on
+    one sample, and which batch ends up alone depends only on the dataset size.
+    """
     order = torch.randperm(n, generator=generator).to(device)
-    yield from order.split(batch_size)
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    yield from batches
 
 
 def normalize(images_uint8: torch.Tensor, mean: tuple[float, ...],

@@ -134,6 +134,18 @@ def curves_figure(epochs: list[dict[str, Any]], dataset: str) -> go.Figure | Non
     return fig
 
 
+def failures_section(trials: list[dict[str, Any]]) -> str:
+    """What failed and why: a study goes on past failed trials, the report says so."""
+    failed = [r for r in trials if r["status"] == "failed"]
+    if not failed:
+        return ""
+    rows = [[_fmt(r["stage"]), _fmt(r["dataset"]), _fmt(r["method"]), _fmt(r["seed"]),
+             _fmt(r.get("lr"), ".3g"), _fmt(r["failure"])] for r in failed]
+    return (f"<h2>Failed trials ({len(failed)})</h2><p class='muted'>Recorded with their "
+            "reason and left out of every selection and gain.</p>"
+            + _table(["stage", "dataset", "method", "seed", "lr", "reason"], rows))
+
+
 def trials_table(trials: list[dict[str, Any]]) -> str:
     cols = ["stage", "dataset", "method", "role", "seed", "alpha", "tau", "hint_layer", "beta",
             "lr", "val_acc", "test_acc", "epochs_run", "status", "wall_s"]
@@ -219,6 +231,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     for dataset in sorted({r["dataset"] for r in trials}):
         figures += [alpha_tau_figure(trials, dataset), curves_figure(epochs, dataset)]
     sections += ["<h2>Figures</h2>"] + [_figure_html(f) for f in figures if f is not None]
+    sections.append(failures_section(trials))
     sections += ["<h2>Every trial</h2><p class='muted'>Click a header to sort.</p>",
                  trials_table(trials)]
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>kdtune · "

@@ -81,7 +81,9 @@ class ResultsStore:
     def add_epoch(self, row: dict[str, Any]) -> None:
         # held back until the trial ends, so the file never shows epochs of a trial that is
         # not in trials.parquet (a resumed trial starts over cleanly)
-        self._pending_epochs.setdefault(row["trial_id"], []).append(row)
+        # a retried trial reports its epochs again from its last checkpoint: keep the latest
+        rows = self._pending_epochs.setdefault(row["trial_id"], [])
+        rows[:] = [r for r in rows if r["epoch"] != row["epoch"]] + [row]
 
     def finish_trial(self, row: dict[str, Any]) -> None:
         self.trials = [r for r in self.trials if r["trial_id"] != row["trial_id"]] + [row]

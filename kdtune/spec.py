@@ -35,7 +35,7 @@ class DatasetSpec(_Strict):
     download: bool = False
     split: tuple[float, float, float] | Literal["paper"] = "paper"
     split_seed: int = 0
-    max_train: int | None = Field(default=None, gt=0)
+    max_train: int | None = Field(default=None, ge=10)
 
     @field_validator("name")
     @classmethod
@@ -74,6 +74,12 @@ class ModelSpec(_Strict):
             if key not in allowed:
                 raise ValueError(f"unknown option '{key}' for {self.arch} "
                                  f"(known: {', '.join(allowed) or 'none'})")
+        widths = self.options.get("widths", [1])
+        if (not isinstance(widths, list) or not widths or len(widths) > 8
+                or not all(isinstance(w, int) and not isinstance(w, bool) and 0 < w <= 4096
+                           for w in widths)):
+            raise ValueError(f"options.widths must be a list of 1 to 8 positive integers, "
+                             f"got {widths!r}")
         return self
 
     @property
@@ -84,7 +90,7 @@ class ModelSpec(_Strict):
 class TrainingSpec(_Strict):
     teacher_epochs: int = Field(default=20, ge=1)
     student_epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=128, ge=1)
+    batch_size: int = Field(default=128, ge=2)  # BatchNorm needs two samples to train
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(default=0.001, gt=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
@@ -177,6 +183,7 @@ class SchedulerSpec(_Strict):
     asha: bool = False
     grace_period: int = Field(default=2, ge=1)
     reduction_factor: float = Field(default=3, gt=1)
+    max_retries: int = Field(default=2, ge=0)  # a crashed trial restarts from its checkpoint
 
 
 def parse_hint(hint: str) -> tuple[str, str]:

@@ -13,7 +13,10 @@ import json
 import logging
 import os
 import platform
+import shutil
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,7 +50,15 @@ DATASET_SCHEMA = pa.schema([
 
 
 class StorageError(RuntimeError):
-    """The storage path cannot hold a run (unwritable, not a folder, ...)."""
+    """The storage path cannot hold a run (unwritable, not a folder, full, ...)."""
+
+
+class StudyError(RuntimeError):
+    """A stage the rest of the study depends on failed (e.g. no teacher could be trained)."""
+
+
+# a run directory of the quickstart is ~5 MB; refuse storage that cannot hold a few of them
+MIN_FREE_BYTES = 200 * 1024 * 1024
 
 
 def _log(message: str) -> None:
@@ -86,14 +97,21 @@ def check_datasets(spec: StudySpec) -> list[dict[str, Any]]:
     return rows
 
 
-def check_storage(storage: Path) -> None:
+def check_storage(storage: Path, min_free: int = MIN_FREE_BYTES) -> None:
+    """Fail before any trial starts if ``storage`` cannot take a run: unwritable or full."""
+    probe = storage / f".kdtune-write-test-{os.getpid()}"
     try:
         storage.mkdir(parents=True, exist_ok=True)
-        probe = storage / f".kdtune-write-test-{os.getpid()}"
-        probe.write_bytes(b"x" * 4096)
-        probe.unlink()
+        try:
+            probe.write_bytes(b"x" * 65536)  # a full disk fails here, not only a read-only one
+        finally:
+            probe.unlink(missing_ok=True)
     except OSError as error:
         raise StorageError(f"storage {storage}: not writable ({error.strerror or error})") from None
+    free = shutil.disk_usage(storage).free
+    if free < min_free:
+        raise StorageError(f"storage {storage}: only {free // 2**20} MiB free, need at least "
+                           f"{min_free // 2**20} MiB")
 
 
 def new_run_dir(spec: StudySpec) -> Path:
@@ -207,8 +225,8 @@ def _fit(trainable, spec: StudySpec, run_dir: Path, stage: str, param_space: dic
         run_config=tune.RunConfig(
             name=stage, storage_path=str(run_dir / "tune"), callbacks=[callback], verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            # a worker that dies is retried from its last checkpoint; code errors fail fast
-            failure_config=tune.FailureConfig(max_failures=2)),
+            # a trial whose worker dies or raises is retried from its last checkpoint
+            failure_config=tune.FailureConfig(max_failures=spec.scheduler.max_retries)),
     )
     tuner.fit()
 
@@ -223,6 +241,19 @@ def _asha(spec: StudySpec):
                          grace_period=min(spec.scheduler.grace_period,
                                           spec.training.student_epochs),
                          reduction_factor=spec.scheduler.reduction_factor)
+
+
+def _raise_keyboard_interrupt(signum, frame) -> None:  # noqa: ARG001 - signal API
+    raise KeyboardInterrupt
+
+
+def stop_on_sigterm() -> None:
+    """Treat SIGTERM like Ctrl-C: the run stops cleanly and says how to resume.
+
+    Called again after ``ray.init``, whose core installs its own SIGTERM handler (which aborts).
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
 
 
 def _init_ray(address: str | None, log: Callable[[str], None]) -> None:
@@ -243,10 +274,12 @@ def _init_ray(address: str | None, log: Callable[[str], None]) -> None:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         where = f"cluster at {address}"
     else:
-        # the dashboard stays off: nothing listens beyond what Ray itself needs on loopback
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
+        # dashboard off, and Ray's own services bound to loopback: an embedded run opens no
+        # port another machine can reach
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
                  logging_level=logging.WARNING, log_to_driver=False)
         where = "embedded Ray"
+    stop_on_sigterm()
     res = ray.cluster_resources()
     log(f"Ray: {where}, {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs "
         f"({time.perf_counter() - started:.1f}s)")
@@ -330,8 +363,8 @@ class Study:
                  {"job": tune.grid_search(jobs)}, 1, callback)
             missing = [tid for i, tid in to_train if not out[i][1].exists()]
             if missing:
-                raise RuntimeError(f"teacher training failed for {', '.join(missing)}; "
-                                   f"see {self.run_dir / 'trials.parquet'}")
+                raise StudyError(f"teacher training failed for {', '.join(missing)}; "
+                                 f"see {self.run_dir / 'trials.parquet'} (column failure)")
         return out
 
     def _record_reused_teacher(self, index: int, tid: str, path: Path) -> None:
@@ -458,4 +491,5 @@ def load_trials(run_dir: Path) -> list[dict[str, Any]]:
     return read_rows(Path(run_dir) / "trials.parquet")
 
 
-__all__ = ["Study", "StorageError", "DatasetUnavailable", "resolve_paths", "summary"]
+__all__ = ["Study", "StorageError", "StudyError", "DatasetUnavailable", "resolve_paths",
+           "summary"]

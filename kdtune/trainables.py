@@ -98,6 +98,32 @@ def flat_config(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k != "job"} | (job or {})
 
 
+def _inject_fault(config: dict[str, Any], epoch: int) -> None:
+    """Test hook: ``KDTUNE_FAULT=kind:method:epoch[:marker_dir]`` breaks a trial on purpose.
+
+    ``raise`` raises in the trial (a bug); ``kill`` ends the worker process at once (a crashed
+    node), only once per trial when a marker folder is given, so the retry can succeed.
+    Used by the fault-tolerance tests; unset in normal use.
+    """
+    fault = os.environ.get("KDTUNE_FAULT")
+    if not fault:
+        return
+    kind, method, at_epoch, *rest = fault.split(":")
+    if method != config.get("method") or epoch != int(at_epoch):
+        return
+    if rest:
+        marker = Path(rest[0]) / f"{kind}-{config.get('role')}-{config.get('seed')}-" \
+                                  f"{config.get('alpha')}-{config.get('lr')}"
+        if marker.exists():
+            return
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    if kind == "raise":
+        raise RuntimeError(f"injected fault in {method} at epoch {epoch}")
+    if kind == "kill":
+        os._exit(137)
+
+
 def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool) -> None:
     from ray import tune
 
@@ -131,9 +157,11 @@ def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool) -> None:
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, generator_state = int(state["epoch"]), state["generator"]
     node_id = _node_id()
+    _inject_fault(config, start_epoch)  # epoch 0: before any training
     try:
         for report in train_epochs(distiller, splits, budget, seed=seed, start_epoch=start_epoch,
                                    optimizer=optimizer, generator_state=generator_state):
+            _inject_fault(config, report.epoch)
             metrics = report.metrics() | {"node_id": node_id,
                                           "wall_s": time.perf_counter() - started}
             if report.epoch == budget.epochs:

@@ -15,7 +15,7 @@ TINY_SPEC = {
     "teacher": {"arch": "small_cnn", "options": {"widths": [8, 16]}},
     "student": {"arch": "small_cnn", "options": {"widths": [4, 8]}},
     "methods": ["scratch", "rkd", "ikd"],
-    "training": {"teacher_epochs": 3, "student_epochs": 2, "batch_size": 64, "lr": 0.05,
+    "training": {"teacher_epochs": 3, "student_epochs": 2, "batch_size": 32, "lr": 0.1,
                  "augmentation": "none"},
     "search": {"trials": 2, "alpha": [0.1, 0.9], "tau": [1.0, 8.0],
                "hint_layers": ["stage1", "stage2"], "max_concurrent": 2},
