@@ -274,8 +274,13 @@ def _init_ray(address: str | None, log: Callable[[str], None]) -> None:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         where = f"cluster at {address}"
     else:
-        # dashboard off, and Ray's own services bound to loopback: an embedded run opens no
-        # port another machine can reach
+        # Dashboard off, and every Ray service bound to loopback, so an embedded run opens no
+        # port another machine can reach. Ray binds its gRPC servers to the node IP; with
+        # "cluster mode" off (Ray's switch for laptops) the node IP is 127.0.0.1.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read by Ray's child processes
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False  # read by this process, already imported
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
                  logging_level=logging.WARNING, log_to_driver=False)
         where = "embedded Ray"
