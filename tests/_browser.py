@@ -167,9 +167,11 @@ def open_page(html_file: Path, probe: str, screenshot: Path, ready: str = "true"
         while time.monotonic() < deadline:
             _drain(pipe, result, block=0.2)
             value = pipe.send("Runtime.evaluate", {
-                "expression": f"document.readyState === 'complete' && !!({ready})",
+                "expression": f"document.readyState === 'complete' && (!!({ready}) || 'loaded')",
                 "returnByValue": True}, session=session)
-            if value.get("result", {}).get("value") is True:
+            state = value.get("result", {}).get("value")
+            # ready, or loaded with errors already (a broken page may never get ready)
+            if state is True or (state == "loaded" and result.errors):
                 loaded = True
                 break
         if not loaded:
@@ -220,7 +222,7 @@ def _drain(pipe: _Pipe, result: PageResult, block: float) -> None:
             text = f"console.{params['type']}: {_describe(params.get('args', []))}"
             if params["type"] in ("error", "assert"):
                 result.errors.append(text)
-            elif params["type"] == "warning":
+            elif params["type"] in ("warning", "trace"):  # plotly warns through trace
                 result.warnings.append(text)
         elif method == "Runtime.exceptionThrown":
             d = params["exceptionDetails"]
@@ -235,3 +237,36 @@ def _drain(pipe: _Pipe, result: PageResult, block: float) -> None:
             result.requests.append(params["request"]["url"])
         elif method == "Page.javascriptDialogOpening":
             result.dialogs.append(params.get("message", ""))
+
+
+# ----------------------------------------------------------------------------- kdtune reports
+
+REPORT_READY = ("Array.from(document.querySelectorAll('.plotly-graph-div'))"
+                ".every(d => d._fullLayout && d.querySelector('.main-svg'))")
+
+# per figure: traces plotly drew from, how many data points the visible ones hold, how many
+# SVG marks (markers, lines, bars, boxes, contour fills) ended up on the page
+REPORT_PROBE = r"""(() => {
+ const len = a => (a && a.length) || 0;
+ const figs = Array.from(document.querySelectorAll('.plotly-graph-div')).map(d => {
+  const visible = (d._fullData || []).filter(t => t.visible === true);
+  return {id: d.id, title: ((d._fullLayout || {}).title || {}).text || '',
+   traces: visible.length,
+   points: visible.reduce((n, t) => n + Math.max(len(t.x), len(t.y), len(t.z)), 0),
+   marks: d.querySelectorAll('.cartesianlayer .trace path, .cartesianlayer .trace .point,'
+                             + ' .contourlayer path').length,
+   svg: d.querySelectorAll('.main-svg').length};
+ });
+ return {figures: figs, imgs: document.querySelectorAll('img').length,
+         text: document.body.innerText,
+         sections: Array.from(document.querySelectorAll('section h2')).map(h => h.textContent)};
+})()"""
+
+
+def sort_probe(table_selector: str, header: str) -> str:
+    """JS: click ``header`` of the table, return that column's cell texts, top to bottom."""
+    sel, head = json.dumps(table_selector), json.dumps(header)
+    return (f"(() => {{const t = document.querySelector({sel});"
+            " const ths = Array.from(t.tHead.rows[0].cells);"
+            f" const i = ths.findIndex(th => th.textContent === {head}); ths[i].click();"
+            " return Array.from(t.tBodies[0].rows).map(r => r.cells[i].textContent);})()")

@@ -247,19 +247,29 @@ def complexity_figure(runs: list[Run]) -> tuple[go.Figure | None, str]:
     for p in points:
         series.setdefault((p[0], p[2]), []).append(p)
     fig = go.Figure()
-    for (ri, method), pts in sorted(series.items(), key=lambda kv: (
-            kv[0][1] == "teacher − scratch", kv[0][1], kv[0][0])):
+    keys = sorted(series, key=lambda k: (k[1] == "teacher − scratch", k[1], k[0]))
+    # on a numeric axis the methods sit side by side around each score, so that their error
+    # bars do not hide each other (the hover gives the exact score); one series per run
+    # carries the dataset labels
+    xs_all = [p[4] for p in points] if measured else []
+    width = (max(xs_all) - min(xs_all) or 1.0) * 0.012 if xs_all else 0.0
+    labelled: set[int] = set()
+    for k, (ri, method) in enumerate(keys):
+        pts = series[(ri, method)]
         run = runs[ri]
         if measured:
             pts = sorted(pts, key=lambda p: p[4])
-            xs = [p[4] for p in pts]
+            xs = [p[4] + (k - (len(keys) - 1) / 2) * width for p in pts]
         else:
             xs = [(f"{esc(run.label)}: " if multi else "") + esc(_point_label(p[3])) for p in pts]
         gap = method == "teacher − scratch"
         name = esc(method) + (f" · {esc(run.label)}" if multi else "")
         ys = [p[5] for p in pts]
+        text = measured and not gap and ri not in labelled
+        if text:
+            labelled.add(ri)
         fig.add_trace(go.Scatter(
-            x=xs, y=ys, name=name, mode="lines+markers+text" if not gap else "lines+markers",
+            x=xs, y=ys, name=name, mode="lines+markers+text" if text else "lines+markers",
             line=dict(dash="dot" if not gap else "dash", width=1.5,
                       color="#999" if gap else colour(method, order)),
             marker=dict(size=11, symbol=SYMBOLS[ri % len(SYMBOLS)],
@@ -280,9 +290,11 @@ def complexity_figure(runs: list[Run]) -> tuple[go.Figure | None, str]:
                      "seeds; dashed (click to show): teacher − scratch gap"),
         xaxis_title=("measured complexity score (0 = easy, 1 = hard)" if measured
                      else "dataset (complexity not measured)"),
-        yaxis_title="gain, pts", height=460)
-    if measured:
-        fig.update_xaxes(rangemode="normal")
+        yaxis_title="gain, pts", height=460, scattermode="group")
+    if measured:  # room for the labels of the outermost datasets
+        low, high = min(xs_all), max(xs_all)
+        pad = max(0.05, 0.08 * (high - low))
+        fig.update_xaxes(range=[low - pad, high + pad])
     return fig, " ".join(notes)
 
 
@@ -354,8 +366,9 @@ def knob_figures(runs: list[Run]) -> list[go.Figure]:
 # ----------------------------------------------------------------------------- importance
 
 def importance_figure(run: Run, dataset: str, prefix: str = "") -> go.Figure | None:
+    # a search over one parameter has importance 1 by definition: a note says so, no bar
     entries: dict[str, Importance] = {m: imp for (d, m), imp in run.importance.items()
-                                      if d == dataset and imp.values}
+                                      if d == dataset and imp.values and len(imp.values) > 1}
     if not entries:
         return None
     order = run.methods()

@@ -56,7 +56,8 @@ def table(headers: list[str], rows: list[list[Any]], cls: str = "", caption: str
     A cell is a string (already escaped HTML) or :func:`cell` with a sort key. Headers are
     escaped here.
     """
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    head = ("<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in headers) + "</tr></thead>"
+            if any(headers) else "")
     body = []
     for row in rows:
         tds = []
@@ -69,7 +70,7 @@ def table(headers: list[str], rows: list[list[Any]], cls: str = "", caption: str
                 tds.append(f"<td>{c}</td>")
         body.append("<tr>" + "".join(tds) + "</tr>")
     cap = f"<caption>{caption}</caption>" if caption else ""
-    return (f'<table class="{esc(cls)}">{cap}<thead><tr>{head}</tr></thead>'
+    return (f'<table class="{esc(cls)}">{cap}{head}'
             f'<tbody>{"".join(body)}</tbody></table>')
 
 
