@@ -270,3 +270,25 @@ def sort_probe(table_selector: str, header: str) -> str:
             " const ths = Array.from(t.tHead.rows[0].cells);"
             f" const i = ths.findIndex(th => th.textContent === {head}); ths[i].click();"
             " return Array.from(t.tBodies[0].rows).map(r => r.cells[i].textContent);})()")
+
+
+def check_in_browser(html: Path, screenshot: Path, extra: str = "null") -> dict:
+    """Open ``html``; assert what every report must satisfy; return the probe's findings."""
+    result = open_page(html, f"({{report: {REPORT_PROBE}, extra: {extra}}})", screenshot,
+                       ready=REPORT_READY)
+    print(f"screenshot: {result.screenshot}")
+    assert result.errors == [], result.errors
+    assert result.warnings == [], result.warnings  # plotly reports bad figures as warnings
+    assert result.dialogs == [], result.dialogs
+    assert result.requests == [html.resolve().as_uri()], result.requests  # offline
+    report = result.probe["report"]
+    page = html.read_text()
+    assert len(report["figures"]) == page.count("class='plotly-graph-div'") > 0
+    for fig in report["figures"]:
+        assert fig["svg"] >= 1, fig  # rendered
+        assert fig["traces"] >= 1 and fig["points"] >= 1, fig  # with data
+        assert fig["marks"] >= 1, fig  # drawn
+    assert report["imgs"] == 0
+    png = Path(result.screenshot).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000
+    return {"report": report, "extra": result.probe["extra"]}

@@ -245,3 +245,17 @@ def test_gain_cells_are_green_only_when_the_interval_excludes_zero(run_dir, tmp_
             continue
         cls = "pos" if g["gain_ci_low"] > 0 else "neg" if g["gain_ci_high"] < 0 else ""
         assert f"<span class='{cls}'>{g['gain_pts']:+.2f}</span>" in page
+
+
+def test_tied_trials_give_a_note_not_equal_importances():
+    from optuna.distributions import FloatDistribution
+
+    from kdtune.report.data import _importance
+
+    study = optuna.create_study(direction="maximize")
+    for i in range(2):  # equal validation accuracy: PED-ANOVA cannot tell best from rest
+        study.add_trial(optuna.trial.create_trial(
+            params={"alpha": 0.1 + 0.3 * i, "tau": 1.0 + i}, value=90.0,
+            distributions={"alpha": FloatDistribution(0, 1), "tau": FloatDistribution(1, 10)}))
+    imp = _importance(study, "Optuna journal")
+    assert imp.values is None and "too few for PED-ANOVA" in imp.note

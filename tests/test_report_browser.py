@@ -8,10 +8,15 @@ test's tmp dir (its path is printed; ``pytest -s`` shows it).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from _browser import REPORT_PROBE, REPORT_READY, find_chromium, open_page, sort_probe
+from _browser import (
+    REPORT_PROBE,
+    REPORT_READY,
+    check_in_browser,
+    find_chromium,
+    open_page,
+    sort_probe,
+)
 
 from kdtune.report import build_report
 from kdtune.report.synthetic import write_synthetic_run
@@ -20,28 +25,6 @@ pytestmark = pytest.mark.skipif(find_chromium() is None,
                                 reason="no chromium installed (.ci/run installs Debian's)")
 
 XSS = "<img src=x onerror=alert(1)>"
-
-
-def check_in_browser(html: Path, screenshot: Path, extra: str = "null") -> dict:
-    """Open ``html``; assert what every report must satisfy; return the probe's findings."""
-    result = open_page(html, f"({{report: {REPORT_PROBE}, extra: {extra}}})", screenshot,
-                       ready=REPORT_READY)
-    print(f"screenshot: {result.screenshot}")
-    assert result.errors == [], result.errors
-    assert result.warnings == [], result.warnings  # plotly reports bad figures as warnings
-    assert result.dialogs == [], result.dialogs
-    assert result.requests == [html.resolve().as_uri()], result.requests  # offline
-    report = result.probe["report"]
-    page = html.read_text()
-    assert len(report["figures"]) == page.count("class='plotly-graph-div'") > 0
-    for fig in report["figures"]:
-        assert fig["svg"] >= 1, fig  # rendered
-        assert fig["traces"] >= 1 and fig["points"] >= 1, fig  # with data
-        assert fig["marks"] >= 1, fig  # drawn
-    assert report["imgs"] == 0
-    png = Path(result.screenshot).read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000
-    return {"report": report, "extra": result.probe["extra"]}
 
 
 def test_report_renders_in_chromium_with_every_figure_and_escaped_names(tmp_path):

@@ -117,15 +117,16 @@ def render(runs: list[Run]) -> str:
             "mean test accuracy of the distilled student − that of the scratch student over the "
             "same seeds; interval: paired Student-t, 95%.")
 
-    complexity_fig, complexity_note = figures.complexity_figure(runs)
-    complexity = fig(complexity_fig) + (note(complexity_note) if complexity_note else "")
-    complexity += "".join(fig(f) for f in figures.knob_figures(runs))
+    def complexity() -> str:  # all runs in one figure
+        figure, why = figures.complexity_figure(runs)
+        return (fig(figure) + (note(why) if why else "")
+                + "".join(fig(f) for f in figures.knob_figures(runs)))
 
-    body = {
+    body = {  # built in page order, so that the figures are numbered in page order
         "overview": per_run(sections.overview),
         "tables": per_run(tables),
         "surfaces": per_run(surfaces),
-        "complexity": complexity,
+        "complexity": complexity(),
         "importance": per_run(importance),
         "curves": per_run(curves),
         "trials": note("Click a header to sort; click again to reverse.")

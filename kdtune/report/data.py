@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,16 +223,25 @@ def _importance(study, source: str) -> Importance:
     n = len(done)
     if n < 2:
         return Importance(None, n, source, f"{n} completed trial(s): importance needs at least 2")
-    varied = sorted({name for t in done for name in t.params
-                     if len({repr(u.params.get(name)) for u in done}) > 1})
+    seen: dict[str, set[str]] = {}
+    for t in done:
+        for name, value in t.params.items():
+            seen.setdefault(name, set()).add(repr(value))
+    varied = sorted(name for name, values in seen.items() if len(values) > 1)
     if not varied:
         return Importance(None, n, source, "no parameter varied: nothing to rank")
     if len(varied) == 1:
         return Importance({varied[0]: 1.0}, n, source,
                           f"only {varied[0]} was searched: its importance is 1 by definition")
     try:
-        values = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), params=varied)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            values = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), params=varied)
     except Exception as error:  # noqa: BLE001 - e.g. too few trials with every parameter
         return Importance(None, n, source, f"importance failed: {type(error).__name__}: {error}")
+    if any("select the same set of trials" in str(w.message) for w in caught):
+        # PED-ANOVA's best 10% is every trial: it would report equal importances
+        return Importance(None, n, source, f"{n} completed trials are too few for PED-ANOVA to "
+                          "set the best apart from the rest")
     return Importance({k: float(v) for k, v in values.items()}, n, source)

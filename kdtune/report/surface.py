@@ -8,7 +8,7 @@ deterministic and a flat response gives a flat surface rather than a bumpy inter
 Length scales below 0.15 of a parameter's range are not considered: a few dozen trials cannot
 resolve finer structure and would only draw stripes through single outliers.
 
-Plain numpy (a few Cholesky factorisations of at most 150 x 150 matrices): tens of
+Plain numpy (144 Cholesky factorisations of at most 120 x 120 matrices): tens of
 milliseconds per surface, so a report with dozens of surfaces builds in seconds.
 """
 
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 MIN_POINTS = 4
-MAX_FIT_POINTS = 150  # the cost is cubic in the points; more adds little to a 2-D trend
-LENGTH_SCALES = np.geomspace(0.15, 3.0, 7)  # in units of each input's observed range
-NOISE_SHARES = np.array([0.01, 0.03, 0.1, 0.3, 0.6])  # noise variance / total variance
+MAX_FIT_POINTS = 120  # the cost is cubic in the points; more adds little to a 2-D trend
+LENGTH_SCALES = np.geomspace(0.15, 3.0, 6)  # in units of each input's observed range
+NOISE_SHARES = np.array([0.01, 0.05, 0.2, 0.5])  # noise variance / total variance
 
 
 @dataclass
