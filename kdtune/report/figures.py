@@ -382,7 +382,7 @@ def importance_figure(run: Run, dataset: str, prefix: str = "") -> go.Figure | N
             y=[esc(p) for p in params], x=[imp.values.get(p, 0.0) for p in params],
             orientation="h", name=f"{esc(m)} ({imp.n_trials} trials)",
             marker_color=colour(m, order),
-            hovertemplate=f"{esc(m)}: %{{y}} %{{x:.2f}}<extra></extra>"))
+            hovertemplate="%{y}: %{x:.2f}<extra>%{fullData.name}</extra>"))
     fig.update_layout(
         title=_title(f"{esc(prefix)}{esc(dataset)}: which searched parameters mattered",
                      "PED-ANOVA (Optuna): how much each parameter sets the best 10% of a search's trials apart; "
@@ -452,7 +452,7 @@ def curves_figure(run: Run, dataset: str, prefix: str = "") -> tuple[go.Figure |
                 x=xs, y=mean, mode="lines+markers", name=name, legendgroup=m,
                 showlegend=col == 1, line=dict(color=c, width=3 if m == best else 2),
                 marker=dict(size=5), visible=True if shown else "legendonly",
-                hovertemplate=f"{esc(m)} epoch %{{x}}: %{{y:.3f}}<extra></extra>"),
+                hovertemplate="epoch %{x}: %{y:.3f}<extra>%{fullData.name}</extra>"),
                 row=1, col=col)
             drawn += 1
     if not drawn:
