@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 EXAMPLES = """\
@@ -13,6 +14,7 @@ examples:
   kdtune run spec.yaml --address auto         run it on the Ray cluster this node belongs to
   kdtune resume runs/quickstart-20261121-101500
   kdtune report runs/quickstart-20261121-101500 --out reports/quickstart.html
+  kdtune report runs/quickstart-... runs/knobs-... --out reports/compare.html
 
 A run directory holds spec.yaml, run.json, trials.parquet (one row per trial),
 epochs.parquet (one row per trial and epoch), gains.parquet, datasets.parquet, report.html,
@@ -59,9 +61,14 @@ def _parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="(re)build the HTML report of a run directory",
                             description="Build a self-contained HTML report (opens offline) "
-                            "from a run directory's Parquet files alone.")
-    report.add_argument("run_dir")
-    report.add_argument("--out", metavar="FILE", help="output file (default RUN_DIR/report.html)")
+                            "from a run directory's files alone: overview, the core study's "
+                            "tables, gain surfaces over (alpha, tau), gain against dataset "
+                            "complexity, parameter importance, learning curves and every "
+                            "trial. Several run directories are overlaid in one page "
+                            "(comparison mode; needs --out).")
+    report.add_argument("run_dir", nargs="+", metavar="RUN_DIR")
+    report.add_argument("--out", metavar="FILE",
+                        help="output file (default RUN_DIR/report.html; required for several)")
     return parser
 
 
@@ -109,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         from kdtune.report import ReportError, build_report
 
         try:
-            print(build_report(args.run_dir, args.out))
+            started = time.perf_counter()
+            path = build_report(args.run_dir, args.out)
+            print(path)  # alone on stdout, for scripts
+            print(f"report: {path.stat().st_size / 1e6:.1f} MB, built in "
+                  f"{time.perf_counter() - started:.1f}s", file=sys.stderr)
         except ReportError as error:
             return _fail(str(error))
         return 0

@@ -103,9 +103,10 @@ class ResultsStore:
 # ----------------------------------------------------------------------------- statistics
 
 def t_quantile_975(dof: int) -> float:
-    from scipy.stats import t
+    # scipy.special, not scipy.stats: the same quantile without seconds of import time
+    from scipy.special import stdtrit
 
-    return float(t.ppf(0.975, dof))
+    return float(stdtrit(dof, 0.975))
 
 
 def mean_ci(values: list[float]) -> tuple[float, float, float]:
