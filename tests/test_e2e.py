@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from _browser import check_in_browser, find_chromium
 
 from kdtune.cli import main
 from kdtune.results import best_search_trial
 from kdtune.search import load_optuna_study
+from tests._browser import check_in_browser, find_chromium
 
 pytestmark = pytest.mark.slow
 

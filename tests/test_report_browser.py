@@ -9,7 +9,10 @@ test's tmp dir (its path is printed; ``pytest -s`` shows it).
 from __future__ import annotations
 
 import pytest
-from _browser import (
+
+from kdtune.report import build_report
+from kdtune.report.synthetic import write_synthetic_run
+from tests._browser import (
     REPORT_PROBE,
     REPORT_READY,
     check_in_browser,
@@ -17,9 +20,6 @@ from _browser import (
     open_page,
     sort_probe,
 )
-
-from kdtune.report import build_report
-from kdtune.report.synthetic import write_synthetic_run
 
 pytestmark = pytest.mark.skipif(find_chromium() is None,
                                 reason="no chromium installed (.ci/run installs Debian's)")
