@@ -15,6 +15,7 @@ examples:
   kdtune resume runs/quickstart-20261121-101500
   kdtune report runs/quickstart-20261121-101500 --out reports/quickstart.html
   kdtune report runs/quickstart-... runs/knobs-... --out reports/compare.html
+  kdtune complexity fashion_mnist --knob label_noise=0.2 --json
 
 A run directory holds spec.yaml, run.json, trials.parquet (one row per trial),
 epochs.parquet (one row per trial and epoch), gains.parquet, datasets.parquet, report.html,
@@ -59,6 +60,20 @@ def _parser() -> argparse.ArgumentParser:
                               "it is valid, 2 with a one-line message naming the field if not.")
     validate.add_argument("spec")
 
+    cx = sub.add_parser("complexity", help="measure a dataset's complexity (score in [0, 1])",
+                        description="Load a dataset (optionally a knob variant of it) and print "
+                        "its descriptors, measured properties and complexity score; the formula "
+                        "is in kdtune/complexity.py and the README.")
+    cx.add_argument("dataset", help="a dataset name (digits, mnist, fashion_mnist, usps, "
+                    "cifar10, cifar100, imagefolder)")
+    cx.add_argument("--data-dir", metavar="DIR", help="a local copy in torchvision's layout")
+    cx.add_argument("--path", metavar="DIR", help="the folder of an imagefolder dataset")
+    cx.add_argument("--download", action="store_true", help="let torchvision download it")
+    cx.add_argument("--knob", metavar="KEY=VALUE", action="append", default=[],
+                    help="a knob or dataset field, e.g. label_noise=0.2, max_train=300, "
+                         "classes=[0,1,2], split_seed=1 (repeatable)")
+    cx.add_argument("--json", action="store_true", help="print JSON with a top-level 'score'")
+
     report = sub.add_parser("report", help="(re)build the HTML report of a run directory",
                             description="Build a self-contained HTML report (opens offline) "
                             "from a run directory's files alone: overview, the core study's "
@@ -77,7 +92,7 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
-def _plan(spec) -> str:
+def _plan(spec, compute: bool = False) -> str:
     from kdtune.search import searched_dimensions
 
     lines = [f"study {spec.study}: {len(spec.datasets)} dataset(s), methods "
@@ -96,7 +111,39 @@ def _plan(spec) -> str:
     lines.append(f"  plan: {n_teachers} teacher(s) (reused if already stored), {n_search} search "
                  f"trials, {n_final} final trainings (seeds {spec.final.seeds}); at most "
                  f"{epochs} training epochs; ASHA {'on' if spec.scheduler.asha else 'off'}")
+    if compute:
+        from kdtune.estimate import estimate
+
+        lines += estimate(spec)
     return "\n".join(lines)
+
+
+def _complexity(args: argparse.Namespace) -> int:
+    import json
+
+    import yaml
+    from pydantic import ValidationError
+
+    from kdtune.complexity import format_table, measure
+    from kdtune.data import DatasetError
+    from kdtune.spec import DatasetSpec, _format_validation_error
+
+    fields: dict = {"name": args.dataset, "path": args.path, "data_dir": args.data_dir,
+                    "download": args.download}
+    for item in args.knob:
+        key, sep, value = item.partition("=")
+        if not sep:
+            return _fail(f"--knob {item}: expected KEY=VALUE")
+        fields[key.strip()] = yaml.safe_load(value)
+    try:
+        ds = DatasetSpec.model_validate(fields)
+        cx = measure(ds.load(), ds.label)
+    except ValidationError as error:
+        return _fail(_format_validation_error(error))
+    except DatasetError as error:
+        return _fail(str(error))
+    print(json.dumps(cx.to_dict(), indent=2) if args.json else format_table(cx))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,8 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         except SpecError as error:
             return _fail(str(error))
         print(f"{args.spec}: valid")
-        print(_plan(spec))
+        print(_plan(spec, compute=True))
         return 0
+
+    if args.command == "complexity":
+        return _complexity(args)
 
     if args.command == "report":
         from kdtune.report import ReportError, build_report
@@ -125,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(str(error))
         return 0
 
-    from kdtune.data import DatasetUnavailable
+    from kdtune.data import DatasetError
     from kdtune.study import StorageError, Study, StudyError, resolve_paths, stop_on_sigterm
 
     stop_on_sigterm()
@@ -141,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         study.run(address=args.address)
         print(study.run_dir)
         return 0
-    except (SpecError, StorageError, DatasetUnavailable) as error:
+    except (SpecError, StorageError, DatasetError) as error:
         return _fail(str(error))
     except StudyError as error:
         return _fail(str(error), 1)

@@ -33,6 +33,7 @@ class Budget:
     momentum: float = 0.9
     weight_decay: float = 0.0
     augmentation: str = "none"
+    aug_share: float = 1.0  # fraction of each batch the policy augments
     amp: bool = True
 
 
@@ -114,7 +115,7 @@ def train_epochs(distiller: Distiller, splits: Splits, budget: Budget, *, seed: 
         seen = 0
         for index in batch_indices(len(splits.train_y), budget.batch_size, generator, device):
             images = splits.train_x[index].float().div_(255.0)
-            images = (augment(images, budget.augmentation, generator) - mean) / std
+            images = (augment(images, budget.augmentation, generator, budget.aug_share) - mean) / std
             labels = splits.train_y[index]
             with _autocast(device, budget.amp):
                 _, losses = distiller(images, labels)

@@ -29,6 +29,13 @@ def define_space(trial: optuna.Trial, method: str, space: dict[str, Any]) -> dic
     fixed: dict[str, Any] = {}
     if space.get("lr"):
         trial.suggest_float("lr", *space["lr"], log=True)
+    # augmentation, like lr, is searched for every method alike; the share of each batch that
+    # is augmented exists only when some policy augments
+    policy = space.get("fixed", {}).get("augmentation", "none")
+    if space.get("augmentation"):
+        policy = trial.suggest_categorical("augmentation", space["augmentation"])
+    if space.get("aug_share") and policy != "none":
+        trial.suggest_float("aug_share", *space["aug_share"])
     if method == "scratch":
         return fixed
     for name in ("alpha", "tau"):
@@ -53,13 +60,17 @@ def space_of(spec: StudySpec) -> dict[str, Any]:
     s, d = spec.search, spec.distillation
     return {"lr": s.lr, "alpha": s.alpha, "tau": s.tau, "beta": s.beta,
             "hint_layers": spec.hint_choices(),
-            "fixed": {"alpha": d.alpha, "tau": d.tau, "beta": d.beta}}
+            "augmentation": s.augmentation, "aug_share": s.aug_share,
+            "fixed": {"alpha": d.alpha, "tau": d.tau, "beta": d.beta,
+                      "augmentation": spec.training.augmentation}}
 
 
 def searched_dimensions(spec: StudySpec, method: str) -> list[str]:
     """Names of the hyperparameters Optuna varies for ``method``."""
     s = spec.search
     dims = ["lr"] if s.lr else []
+    dims += ["augmentation"] if s.augmentation else []
+    dims += ["aug_share"] if s.aug_share else []
     if method in ("rkd", "ikd"):
         dims += [name for name in ("alpha", "tau") if getattr(s, name)]
     if method == "ikd":

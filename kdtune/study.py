@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -25,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 import yaml
 
-from kdtune.data import DatasetUnavailable, load_splits
+from kdtune.data import DatasetUnavailable
 from kdtune.results import (
     GAIN_SCHEMA,
     GAINS_FILE,
@@ -46,6 +47,13 @@ DATASET_SCHEMA = pa.schema([
     ("dataset", pa.string()), ("name", pa.string()), ("channels", pa.int64()),
     ("image_size", pa.int64()), ("num_classes", pa.int64()), ("n_train", pa.int64()),
     ("n_val", pa.int64()), ("n_test", pa.int64()),
+    # the knob this variant sets ('+'-joined with no value if several; null for a plain dataset)
+    ("knob", pa.string()), ("knob_value", pa.float64()), ("knobs_json", pa.string()),
+    # measured complexity (kdtune/complexity.py): the score in [0, 1] and what it is made of
+    ("complexity_score", pa.float64()), ("samples_per_class", pa.float64()),
+    ("pixel_entropy", pa.float64()), ("intrinsic_dim", pa.int64()), ("knn_error", pa.float64()),
+    ("linear_error", pa.float64()), ("within_class_var", pa.float64()),
+    ("complexity_json", pa.string()),
 ])
 
 
@@ -77,23 +85,37 @@ def resolve_paths(spec: StudySpec, storage: str | None, data_dir: str | None,
         folder = ds.data_dir or data_dir
         if folder:
             update["data_dir"] = str(Path(folder).expanduser().resolve())
+        if ds.path:  # an image folder is read by trial workers too
+            update["path"] = str(Path(ds.path).expanduser().resolve())
         if download is not None:
             update["download"] = download or ds.download
         datasets.append(ds.model_copy(update=update))
     return spec.model_copy(update={"storage": storage_path, "datasets": datasets})
 
 
-def check_datasets(spec: StudySpec) -> list[dict[str, Any]]:
-    """Load every dataset once in the driver: a missing one fails before any trial starts."""
+def check_datasets(spec: StudySpec, log: Callable[[str], None] | None = None
+                   ) -> list[dict[str, Any]]:
+    """Load every dataset once in the driver: a missing one fails before any trial starts.
+
+    Each dataset's complexity is measured here too (seconds), so it is stored with the results.
+    """
+    from kdtune.complexity import as_row, measure
+
     rows = []
     for ds in spec.datasets:
-        fractions = {} if ds.split == "paper" else {"fractions": tuple(ds.split)}
-        splits = load_splits(ds.name, data_dir=ds.data_dir, download=ds.download,
-                             split_seed=ds.split_seed, max_train=ds.max_train, **fractions)
+        splits = ds.load()
         sizes = splits.sizes()
+        cx = measure(splits, ds.label)
+        knob, knob_value = ds.knob()
         rows.append({"dataset": ds.label, "name": ds.name, "channels": splits.channels,
                      "image_size": splits.image_size, "num_classes": splits.num_classes,
-                     "n_train": sizes["train"], "n_val": sizes["val"], "n_test": sizes["test"]})
+                     "n_train": sizes["train"], "n_val": sizes["val"], "n_test": sizes["test"],
+                     "knob": knob, "knob_value": knob_value,
+                     "knobs_json": json.dumps(ds.knob_values())} | as_row(cx))
+        if log:
+            log(f"dataset {ds.label}: {sizes['train']}/{sizes['val']}/{sizes['test']} images, "
+                f"{splits.channels}x{splits.image_size}x{splits.image_size}, "
+                f"{splits.num_classes} classes, complexity {cx.score:.3f}")
     return rows
 
 
@@ -192,6 +214,8 @@ def _tune_callback(store: ResultsStore, spec: StudySpec, stage: str, role: str,
             hp = " ".join(f"{k}={row[k]:.3g}" if isinstance(row[k], float) else f"{k}={row[k]}"
                           for k in ("alpha", "tau", "hint_layer", "lr") if row[k] is not None
                           and (k != "lr" or spec.search.lr))
+            hp += "".join(f" {k}={c[k]:.3g}" if isinstance(c[k], float) else f" {k}={c[k]}"
+                          for k in ("augmentation", "aug_share") if k in c)
             val = f"val {row['val_acc']:.1f}%" if row["val_acc"] is not None else "no val"
             best = f" (best {self.best:.1f}%)" if self.best is not None and role == "search" else ""
             why = f" [{status}: {failure}]" if failure else (" [stopped early]" if status == "stopped" else "")
@@ -213,10 +237,12 @@ def _tune_callback(store: ResultsStore, spec: StudySpec, stage: str, role: str,
 
 
 def _fit(trainable, spec: StudySpec, run_dir: Path, stage: str, param_space: dict[str, Any],
-         num_samples: int, callback, searcher=None, scheduler=None) -> None:
+         num_samples: int, callback, searcher=None, scheduler=None,
+         role: str = "student") -> None:
     from ray import tune
 
-    resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
+    cpus, gpus = spec.resources.for_role(role)
+    resources = {"cpu": cpus, "gpu": gpus}
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(trainable, spec=spec), resources),
         param_space=param_space,
@@ -229,6 +255,17 @@ def _fit(trainable, spec: StudySpec, run_dir: Path, stage: str, param_space: dic
             failure_config=tune.FailureConfig(max_failures=spec.scheduler.max_retries)),
     )
     tuner.fit()
+
+
+def _role_resources(spec: StudySpec, role: str) -> dict[str, float]:
+    cpus, gpus = spec.resources.for_role(role)
+    return {"cpus": cpus, "gpus": gpus}
+
+
+def stage_name(kind: str, label: str, method: str) -> str:
+    """A Tune experiment / Optuna study name: a dataset label made path- and URI-safe."""
+    safe = label.replace("[", "_").replace("]", "").replace("=", "")
+    return f"{kind}-{re.sub(r'[^A-Za-z0-9_.+-]+', '_', safe)}-{method}"
 
 
 def _asha(spec: StudySpec):
@@ -305,7 +342,7 @@ class Study:
     def create(cls, spec: StudySpec, spec_text: str, log: Callable[[str], None] = _log) -> Study:
         """Check storage and datasets, then make the run directory (nothing before the checks)."""
         check_storage(Path(spec.storage))
-        dataset_rows = check_datasets(spec)
+        dataset_rows = check_datasets(spec, log)
         run_dir = new_run_dir(spec)
         run_dir.mkdir(parents=True)
         (run_dir / SPEC_FILE).write_text(spec_text)
@@ -359,13 +396,13 @@ class Study:
                      f"({spec.teacher.arch}, {spec.training.teacher_epochs} epochs)")
             jobs = [{"dataset_index": i, "method": "teacher", "role": "teacher",
                      "seed": spec.teacher_seed, "teacher_id": tid,
-                     "teacher_path": str(out[i][1]), "cpus": spec.resources.cpus,
-                     "gpus": spec.resources.gpus} for i, tid in to_train]
+                     "teacher_path": str(out[i][1]),
+                     **_role_resources(spec, "teacher")} for i, tid in to_train]
             from ray import tune
 
             callback = _tune_callback(self.store, spec, "teachers", "teacher", len(jobs), self.log)
             _fit(train_teacher, spec, self.run_dir, "teachers",
-                 {"job": tune.grid_search(jobs)}, 1, callback)
+                 {"job": tune.grid_search(jobs)}, 1, callback, role="teacher")
             missing = [tid for i, tid in to_train if not out[i][1].exists()]
             if missing:
                 raise StudyError(f"teacher training failed for {', '.join(missing)}; "
@@ -395,7 +432,7 @@ class Study:
         from kdtune.trainables import train_student
 
         spec, ds = self.spec, self.spec.datasets[index]
-        stage = f"search-{ds.label}-{method}".replace("[", "_").replace("]", "").replace("=", "")
+        stage = stage_name("search", ds.label, method)
         done = [r for r in self.store.trials if r["stage"] == stage]
         remaining = spec.search.trials - len(done)
         if remaining <= 0:
@@ -407,8 +444,7 @@ class Study:
                                  stage, seed=spec.search.sampler_seed + index)
         constants = {"dataset_index": index, "method": method, "role": "search",
                      "seed": spec.final.seeds[0], "teacher_id": teacher[0],
-                     "teacher_path": str(teacher[1]), "cpus": spec.resources.cpus,
-                     "gpus": spec.resources.gpus}
+                     "teacher_path": str(teacher[1]), **_role_resources(spec, "student")}
         callback = _tune_callback(self.store, spec, stage, "search", remaining, self.log)
         _fit(train_student, spec, self.run_dir, stage, constants, remaining, callback,
              searcher=searcher, scheduler=_asha(spec))
@@ -427,7 +463,8 @@ class Study:
                     self.log(f"final: no finished search trial for {ds.label} {method}; skipped")
                     continue
                 config = {k: v for k, v in json.loads(best["config_json"]).items()
-                          if k in ("alpha", "tau", "hint_layer", "beta", "lr")}
+                          if k in ("alpha", "tau", "hint_layer", "beta", "lr", "augmentation",
+                                   "aug_share")}
                 for seed in spec.final.seeds:
                     if self.store.finished(role="final", dataset=ds.label, method=method,
                                            seed=seed):
@@ -436,8 +473,8 @@ class Study:
                         "dataset_index": index, "method": method, "role": "final",
                         "seed": seed, "teacher_id": teachers.get(index, ("", ""))[0],
                         "teacher_path": str(teachers.get(index, ("", ""))[1]),
-                        "selected_from": best["trial_id"], "cpus": spec.resources.cpus,
-                        "gpus": spec.resources.gpus})
+                        "selected_from": best["trial_id"],
+                        **_role_resources(spec, "student")})
         if not jobs:
             self.log("stage final: nothing left to run")
             return

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from kdtune.data import Splits, load_splits
+from kdtune.data import Splits
 from kdtune.distill import Scratch, build_distiller
 from kdtune.engine import (
     Budget,
@@ -40,11 +40,8 @@ def dataset_splits(dataset: DatasetSpec, device: torch.device) -> Splits:
     """Load a dataset once per worker process (Ray reuses workers between trials)."""
     key = (dataset.model_dump_json(), str(device))
     if key not in _SPLITS_CACHE:
-        fractions = None if dataset.split == "paper" else tuple(dataset.split)
-        kwargs = {"fractions": fractions} if fractions else {}
-        splits = load_splits(dataset.name, data_dir=dataset.data_dir, download=dataset.download,
-                             split_seed=dataset.split_seed, max_train=dataset.max_train, **kwargs)
-        _SPLITS_CACHE[key] = splits.to(device)
+        # uint8 splits go to the trial's device once; batches are then drawn there by index
+        _SPLITS_CACHE[key] = dataset.load().to(device)
     return _SPLITS_CACHE[key]
 
 
@@ -78,9 +75,12 @@ def load_teacher(spec: StudySpec, path: Path, splits: Splits, device: torch.devi
 
 def _budget(spec: StudySpec, epochs: int, config: dict[str, Any]) -> Budget:
     t = spec.training
+    # a search may set the student's lr, augmentation policy and augmented share per trial
     return Budget(epochs=epochs, batch_size=t.batch_size, optimizer=t.optimizer,
                   lr=float(config.get("lr", t.lr)), momentum=t.momentum,
-                  weight_decay=t.weight_decay, augmentation=t.augmentation, amp=t.amp)
+                  weight_decay=t.weight_decay,
+                  augmentation=str(config.get("augmentation", t.augmentation)),
+                  aug_share=float(config.get("aug_share", t.aug_share)), amp=t.amp)
 
 
 def _node_id() -> str:
