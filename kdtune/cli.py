@@ -107,9 +107,25 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _report(run_dirs: list[str], out: str | None) -> int:
+    from kdtune.report import ReportError, build_report
+
+    try:
+        started = time.perf_counter()
+        path = build_report(run_dirs, out)
+    except ReportError as error:
+        return _fail(str(error))
+    print(path)  # alone on stdout, for scripts
+    print(f"report: {path.stat().st_size / 1e6:.1f} MB, built in "
+          f"{time.perf_counter() - started:.1f}s", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from kdtune.spec import SpecError, load_spec
+    if args.command == "report":
+        return _report(args.run_dir, args.out)
+    from kdtune.spec import SpecError, load_spec  # imports torch: seconds the report never needs
 
     if args.command == "validate":
         try:
@@ -118,19 +134,6 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(str(error))
         print(f"{args.spec}: valid")
         print(_plan(spec))
-        return 0
-
-    if args.command == "report":
-        from kdtune.report import ReportError, build_report
-
-        try:
-            started = time.perf_counter()
-            path = build_report(args.run_dir, args.out)
-            print(path)  # alone on stdout, for scripts
-            print(f"report: {path.stat().st_size / 1e6:.1f} MB, built in "
-                  f"{time.perf_counter() - started:.1f}s", file=sys.stderr)
-        except ReportError as error:
-            return _fail(str(error))
         return 0
 
     from kdtune.data import DatasetUnavailable
