@@ -146,9 +146,25 @@ def _complexity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(run_dirs: list[str], out: str | None) -> int:
+    from kdtune.report import ReportError, build_report
+
+    try:
+        started = time.perf_counter()
+        path = build_report(run_dirs, out)
+    except ReportError as error:
+        return _fail(str(error))
+    print(path)  # alone on stdout, for scripts
+    print(f"report: {path.stat().st_size / 1e6:.1f} MB, built in "
+          f"{time.perf_counter() - started:.1f}s", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from kdtune.spec import SpecError, load_spec
+    if args.command == "report":
+        return _report(args.run_dir, args.out)
+    from kdtune.spec import SpecError, load_spec  # imports torch: seconds the report never needs
 
     if args.command == "validate":
         try:
@@ -161,19 +177,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "complexity":
         return _complexity(args)
-
-    if args.command == "report":
-        from kdtune.report import ReportError, build_report
-
-        try:
-            started = time.perf_counter()
-            path = build_report(args.run_dir, args.out)
-            print(path)  # alone on stdout, for scripts
-            print(f"report: {path.stat().st_size / 1e6:.1f} MB, built in "
-                  f"{time.perf_counter() - started:.1f}s", file=sys.stderr)
-        except ReportError as error:
-            return _fail(str(error))
-        return 0
 
     from kdtune.data import DatasetError
     from kdtune.study import StorageError, Study, StudyError, resolve_paths, stop_on_sigterm
