@@ -14,6 +14,7 @@ examples:
   kdtune run spec.yaml --address auto         run it on the Ray cluster this node belongs to
   kdtune resume runs/quickstart-20261121-101500
   kdtune report runs/quickstart-20261121-101500 --out reports/quickstart.html
+  kdtune models --image-size 28 --channels 1  architectures with parameters and FLOPs
 
 A run directory holds spec.yaml, run.json, trials.parquet (one row per trial),
 epochs.parquet (one row per trial and epoch), gains.parquet, datasets.parquet, report.html,
@@ -63,6 +64,17 @@ def _parser() -> argparse.ArgumentParser:
                             "from a run directory's Parquet files alone.")
     report.add_argument("run_dir")
     report.add_argument("--out", metavar="FILE", help="output file (default RUN_DIR/report.html)")
+
+    models = sub.add_parser("models", help="list the teacher/student architectures",
+                            description="List every architecture a spec can name, with its "
+                            "parameter count, forward FLOPs per image and hint-layer taps, at a "
+                            "given input size (default options).")
+    models.add_argument("--image-size", type=int, default=32, metavar="N",
+                        help="input height and width in pixels (default 32)")
+    models.add_argument("--channels", type=int, default=3, metavar="C",
+                        help="input channels (default 3)")
+    models.add_argument("--classes", type=int, default=10, metavar="K",
+                        help="number of classes (default 10)")
     return parser
 
 
@@ -111,6 +123,15 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(str(error))
         print(f"{args.spec}: valid")
         print(_plan(spec))
+        return 0
+
+    if args.command == "models":
+        from kdtune.models import format_model_table, model_table
+
+        if min(args.image_size, args.channels, args.classes) < 1:
+            return _fail("--image-size, --channels and --classes must be positive")
+        print(format_model_table(model_table(args.image_size, args.channels, args.classes),
+                                 args.image_size, args.channels, args.classes))
         return 0
 
     if args.command == "report":
