@@ -84,19 +84,24 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def _plan(spec) -> str:
+    from kdtune.methods import teacher_sources
     from kdtune.search import searched_dimensions
 
     lines = [f"study {spec.study}: {len(spec.datasets)} dataset(s), methods "
              f"{', '.join(spec.methods)}; teacher {spec.teacher.label} "
              f"({spec.training.teacher_epochs} epochs) -> student {spec.student.label} "
              f"({spec.training.student_epochs} epochs)"]
-    n_teachers = len(spec.datasets) if any(m != "scratch" for m in spec.methods) else 0
+    # the spec's teacher, plus a pretrained student-architecture model for self/reversed
+    n_teachers = len(spec.datasets) * len(teacher_sources(spec))
     n_search = len(spec.datasets) * len(spec.methods) * spec.search.trials
     n_final = len(spec.datasets) * len(spec.methods) * len(spec.final.seeds)
     for method in spec.methods:
         dims = searched_dimensions(spec, method)
         lines.append(f"  {method}: {spec.search.trials} Optuna trials per dataset over "
                      f"{', '.join(dims) if dims else 'no dimension (fixed config, repeated)'}")
+    if spec.distillation.omit_class is not None:
+        lines.append(f"  omit-one-class: students train and validate without class "
+                     f"{spec.distillation.omit_class}; test accuracy on it is reported")
     epochs = (n_teachers * spec.training.teacher_epochs
               + (n_search + n_final) * spec.training.student_epochs)
     lines.append(f"  plan: {n_teachers} teacher(s) (reused if already stored), {n_search} search "

@@ -143,7 +143,9 @@ class Scratch(Distiller):
         return logits, {"ce": F.cross_entropy(logits, labels)}
 
 
-class _WithTeacher(Distiller):
+class WithTeacher(Distiller):
+    """Base of the methods with a frozen teacher, read through a live or cached provider."""
+
     def __init__(self, student: nn.Module, teacher: nn.Module, teacher_arch: str | None = None,
                  teacher_taps: tuple[str, ...] = ()) -> None:
         super().__init__(student)
@@ -168,13 +170,13 @@ class _WithTeacher(Distiller):
                     index: torch.Tensor | None) -> dict[str, torch.Tensor]:
         return self.teacher(images, index)
 
-    def train(self, mode: bool = True) -> _WithTeacher:
+    def train(self, mode: bool = True) -> WithTeacher:
         super().train(mode)
         self.teacher.eval()  # a teacher's BatchNorm statistics never move
         return self
 
 
-class RKD(_WithTeacher):
+class RKD(WithTeacher):
     """Response-based KD (Hinton 2015; the paper's eq. 4)."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, alpha: float, tau: float,
@@ -199,7 +201,7 @@ class ReversedKD(RKD):
     spec's student architecture."""
 
 
-class IKD(_WithTeacher):
+class IKD(WithTeacher):
     """Intermediate KD: FitNets hints at one (teacher, student) layer pair plus the RKD loss."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, student_arch: str,
@@ -227,7 +229,7 @@ class IKD(_WithTeacher):
         return logits, losses
 
 
-class AT(_WithTeacher):
+class AT(WithTeacher):
     """Attention transfer (Zagoruyko & Komodakis 2017) at every aligned stage pair, plus the RKD
     loss: ``(1-alpha)*CE + alpha*tau**2*KL + beta/2 * sum_pairs at_loss``.
 
@@ -272,7 +274,7 @@ class _Exit(nn.Module):
         return probs.clamp_min(1e-12).log()
 
 
-class MSKD(_WithTeacher):
+class MSKD(WithTeacher):
     """Multiple-stage KD (Xu et al. 2022): a classifier after every student stage, each exit
     trained on ``(1-alpha)*CE + alpha*tau**2*KL(teacher || exit)``, in phases
     (:func:`mskd_active_exits`); the prediction is the ensemble of the exits.
