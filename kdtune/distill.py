@@ -17,26 +17,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdtune.models import MultiExit, Tapped, model_taps
-from kdtune.teacher_outputs import LOGITS, CachedTeacher, LiveTeacher
+from kdtune.teacher_outputs import LOG_PROBS, LOGITS, CachedTeacher, LiveTeacher
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, tau: float,
+            teacher_log_probs: torch.Tensor | None = None) -> torch.Tensor:
     """Hinton's soft-target term: ``tau**2 * KL(softmax(t/tau) || softmax(s/tau))``, batch mean.
 
     The KL runs from the teacher's distribution to the student's (the paper's eq. 4); the
     ``tau**2`` keeps its gradients on the scale of the cross-entropy as ``tau`` grows.
+    ``teacher_log_probs`` (``log_softmax(t/tau)``, precomputed by a cached teacher) replaces
+    ``teacher_logits``: on a tiny student that saves a tenth of the step.
     """
     log_p_student = F.log_softmax(student_logits / tau, dim=1)
-    log_p_teacher = F.log_softmax(teacher_logits / tau, dim=1)
+    log_p_teacher = (teacher_log_probs if teacher_log_probs is not None
+                     else F.log_softmax(teacher_logits.float() / tau, dim=1))
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
     return kl * tau * tau
 
 
-def rkd_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-               alpha: float, tau: float) -> dict[str, torch.Tensor]:
+def rkd_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
+               labels: torch.Tensor, alpha: float, tau: float,
+               teacher_log_probs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The paper's eq. 4 as named terms: ``(1-alpha)*CE + alpha*tau**2*KL``."""
     return {"ce": (1.0 - alpha) * F.cross_entropy(student_logits, labels),
-            "kd": alpha * kd_loss(student_logits, teacher_logits, tau)}
+            "kd": alpha * kd_loss(student_logits, teacher_logits, tau, teacher_log_probs)}
 
 
 class HintRegressor(nn.Module):
@@ -166,9 +171,10 @@ class WithTeacher(Distiller):
             raise ValueError(f"the cache lacks teacher outputs {sorted(missing)}")
         self.__dict__["teacher"] = cached
 
-    def teacher_out(self, images: torch.Tensor,
-                    index: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        return self.teacher(images, index)
+    def teacher_out(self, images: torch.Tensor, index: torch.Tensor | None,
+                    tau: float | None = None) -> dict[str, torch.Tensor]:
+        """Teacher logits, tapped features and, given ``tau``, ``log_softmax(logits/tau)``."""
+        return self.teacher(images, index, tau)
 
     def train(self, mode: bool = True) -> WithTeacher:
         super().train(mode)
@@ -185,9 +191,9 @@ class RKD(WithTeacher):
         self.alpha, self.tau = float(alpha), float(tau)
 
     def forward(self, images, labels, index=None):
-        teacher_logits = self.teacher_out(images, index)[LOGITS]
+        teacher = self.teacher_out(images, index, self.tau)
         logits = self.student(images)
-        return logits, rkd_losses(logits, teacher_logits.float(), labels, self.alpha, self.tau)
+        return logits, rkd_losses(logits, None, labels, self.alpha, self.tau, teacher[LOG_PROBS])
 
 
 class SelfKD(RKD):
@@ -220,10 +226,10 @@ class IKD(WithTeacher):
         self.regressor = HintRegressor(s_feat.shape[1], t_feat.shape[1])
 
     def forward(self, images, labels, index=None):
-        out = self.teacher_out(images, index)
-        teacher_logits, teacher_features = out[LOGITS], out[self.teacher_layer]
+        out = self.teacher_out(images, index, self.tau)
+        teacher_features = out[self.teacher_layer]
         logits, student_features = self.tapped_student(images)
-        losses = rkd_losses(logits, teacher_logits.float(), labels, self.alpha, self.tau)
+        losses = rkd_losses(logits, None, labels, self.alpha, self.tau, out[LOG_PROBS])
         regressed = self.regressor(student_features, teacher_features.shape[-2:])
         losses["hint"] = self.beta * hint_loss(regressed.float(), teacher_features.float())
         return logits, losses
@@ -250,10 +256,10 @@ class AT(WithTeacher):
         self.alpha, self.tau, self.beta = float(alpha), float(tau), float(beta)
 
     def forward(self, images, labels, index=None):
-        teacher = self.teacher_out(images, index)
+        teacher = self.teacher_out(images, index, self.tau)
         student = self.tapped_student(images)
         logits = student[LOGITS]
-        losses = rkd_losses(logits, teacher[LOGITS].float(), labels, self.alpha, self.tau)
+        losses = rkd_losses(logits, None, labels, self.alpha, self.tau, teacher[LOG_PROBS])
         losses["at"] = self.beta / 2 * sum(at_loss(student[s], teacher[t]) for t, s in self.pairs)
         return logits, losses
 
@@ -300,12 +306,12 @@ class MSKD(WithTeacher):
         return exits | {"ensemble": self.predictor}
 
     def forward(self, images, labels, index=None):
-        teacher_logits = self.teacher_out(images, index)[LOGITS].float()
+        teacher_log_probs = self.teacher_out(images, index, self.tau)[LOG_PROBS]
         exits = self.multi_exit(images)
         losses: dict[str, torch.Tensor] = {}
         for logits in exits[:self.active]:
-            for name, value in rkd_losses(logits, teacher_logits, labels, self.alpha,
-                                          self.tau).items():
+            for name, value in rkd_losses(logits, None, labels, self.alpha, self.tau,
+                                          teacher_log_probs).items():
                 losses[name] = losses[name] + value if name in losses else value
         return exits[-1], losses
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
@@ -20,6 +21,11 @@ from kdtune.data import normalize
 from kdtune.models import ARCHS
 
 LOGITS = "logits"
+LOG_PROBS = "log_probs"  # log_softmax(logits / tau), present when a distiller asks with its tau
+
+
+def _log_probs(logits: torch.Tensor, tau: float) -> torch.Tensor:
+    return F.log_softmax(logits.float() / tau, dim=1)
 
 
 class LiveTeacher:
@@ -42,14 +48,15 @@ class LiveTeacher:
             nodes = {tap: tap for tap in self.taps} | {ARCHS[arch].logits_node: LOGITS}
             self.net = create_feature_extractor(teacher, return_nodes=nodes).eval()
 
-    def __call__(self, images: torch.Tensor,
-                 index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, index: torch.Tensor | None = None,
+                 tau: float | None = None) -> dict[str, torch.Tensor]:
         # no_grad, not inference_mode: inference tensors cannot be saved for backward, and an
         # MSE against teacher features saves its target
         with torch.no_grad():
-            if self.net is None:
-                return {LOGITS: self.model(images)}
-            return dict(self.net(images))
+            out = {LOGITS: self.model(images)} if self.net is None else dict(self.net(images))
+            if tau is not None:
+                out[LOG_PROBS] = _log_probs(out[LOGITS], tau)
+        return out
 
     def eval(self) -> None:
         self.model.eval()
@@ -60,15 +67,30 @@ class LiveTeacher:
 class CachedTeacher:
     """Teacher outputs for every row of an un-augmented training tensor, looked up by index."""
 
+    KEEP_TAUS = 4  # soft targets kept per temperature (trials of one search differ in tau)
+
     def __init__(self, outputs: dict[str, torch.Tensor]) -> None:
         self.outputs = outputs
+        self._log_probs: dict[float, torch.Tensor] = {}
 
-    def __call__(self, images: torch.Tensor,
-                 index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def log_probs(self, tau: float) -> torch.Tensor:
+        """``log_softmax(logits / tau)`` of every row, computed once per temperature."""
+        if tau not in self._log_probs:
+            while len(self._log_probs) >= self.KEEP_TAUS:
+                self._log_probs.pop(next(iter(self._log_probs)))
+            with torch.no_grad():
+                self._log_probs[tau] = _log_probs(self.outputs[LOGITS], tau)
+        return self._log_probs[tau]
+
+    def __call__(self, images: torch.Tensor, index: torch.Tensor | None = None,
+                 tau: float | None = None) -> dict[str, torch.Tensor]:
         if index is None:
             raise ValueError("cached teacher outputs need the batch's row indices; the loop "
                              "passes them only for un-augmented batches")
-        return {name: values[index] for name, values in self.outputs.items()}
+        out = {name: values[index] for name, values in self.outputs.items()}
+        if tau is not None:
+            out[LOG_PROBS] = self.log_probs(tau)[index]
+        return out
 
     def eval(self) -> None:  # nothing to switch: the outputs are fixed
         pass
