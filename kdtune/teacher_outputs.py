@@ -87,7 +87,9 @@ class CachedTeacher:
         if index is None:
             raise ValueError("cached teacher outputs need the batch's row indices; the loop "
                              "passes them only for un-augmented batches")
-        out = {name: values[index] for name, values in self.outputs.items()}
+        # with tau the caller reads soft targets, not logits: one gather fewer per step
+        out = {name: values[index] for name, values in self.outputs.items()
+               if tau is None or name != LOGITS}
         if tau is not None:
             out[LOG_PROBS] = self.log_probs(tau)[index]
         return out
