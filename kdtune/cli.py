@@ -16,6 +16,7 @@ examples:
   kdtune report runs/quickstart-20261121-101500 --out reports/quickstart.html
   kdtune report runs/quickstart-... runs/knobs-... --out reports/compare.html
   kdtune complexity fashion_mnist --knob label_noise=0.2 --json
+  kdtune models --image-size 28 --channels 1  architectures with parameters and FLOPs
 
 A run directory holds spec.yaml, run.json, trials.parquet (one row per trial),
 epochs.parquet (one row per trial and epoch), gains.parquet, datasets.parquet, report.html,
@@ -84,6 +85,17 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", nargs="+", metavar="RUN_DIR")
     report.add_argument("--out", metavar="FILE",
                         help="output file (default RUN_DIR/report.html; required for several)")
+
+    models = sub.add_parser("models", help="list the teacher/student architectures",
+                            description="List every architecture a spec can name, with its "
+                            "parameter count, forward FLOPs per image and hint-layer taps, at a "
+                            "given input size (default options).")
+    models.add_argument("--image-size", type=int, default=32, metavar="N",
+                        help="input height and width in pixels (default 32)")
+    models.add_argument("--channels", type=int, default=3, metavar="C",
+                        help="input channels (default 3)")
+    models.add_argument("--classes", type=int, default=10, metavar="K",
+                        help="number of classes (default 10)")
     return parser
 
 
@@ -93,19 +105,24 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def _plan(spec, compute: bool = False) -> str:
+    from kdtune.methods import teacher_sources
     from kdtune.search import searched_dimensions
 
     lines = [f"study {spec.study}: {len(spec.datasets)} dataset(s), methods "
              f"{', '.join(spec.methods)}; teacher {spec.teacher.label} "
              f"({spec.training.teacher_epochs} epochs) -> student {spec.student.label} "
              f"({spec.training.student_epochs} epochs)"]
-    n_teachers = len(spec.datasets) if any(m != "scratch" for m in spec.methods) else 0
+    # the spec's teacher, plus a pretrained student-architecture model for self/reversed
+    n_teachers = len(spec.datasets) * len(teacher_sources(spec))
     n_search = len(spec.datasets) * len(spec.methods) * spec.search.trials
     n_final = len(spec.datasets) * len(spec.methods) * len(spec.final.seeds)
     for method in spec.methods:
         dims = searched_dimensions(spec, method)
         lines.append(f"  {method}: {spec.search.trials} Optuna trials per dataset over "
                      f"{', '.join(dims) if dims else 'no dimension (fixed config, repeated)'}")
+    if spec.distillation.omit_class is not None:
+        lines.append(f"  omit-one-class: students train and validate without class "
+                     f"{spec.distillation.omit_class}; test accuracy on it is reported")
     epochs = (n_teachers * spec.training.teacher_epochs
               + (n_search + n_final) * spec.training.student_epochs)
     lines.append(f"  plan: {n_teachers} teacher(s) (reused if already stored), {n_search} search "
@@ -177,6 +194,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "complexity":
         return _complexity(args)
+
+    if args.command == "models":
+        from kdtune.models import format_model_table, model_table
+
+        if min(args.image_size, args.channels, args.classes) < 1:
+            return _fail("--image-size, --channels and --classes must be positive")
+        print(format_model_table(model_table(args.image_size, args.channels, args.classes),
+                                 args.image_size, args.channels, args.classes))
+        return 0
+
 
     from kdtune.data import DatasetError
     from kdtune.study import StorageError, Study, StudyError, resolve_paths, stop_on_sigterm

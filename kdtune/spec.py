@@ -17,9 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from kdtune.data import AUGMENTATIONS, LOADERS
 from kdtune.knobs import Knobs
+from kdtune.methods import METHOD_INFO
 from kdtune.models import ARCHS, arch_taps
 
-METHODS = ("scratch", "rkd", "ikd")
+METHODS = tuple(METHOD_INFO)  # scratch, rkd, ikd, at, self, reversed, reversed_scratch, mskd
 
 
 class SpecError(ValueError):
@@ -190,6 +191,9 @@ class DistillationSpec(_Strict):
     tau: float = Field(default=4.0, gt=0)
     hint_layer: str | None = None
     beta: float = Field(default=1.0, ge=0)
+    # omit-one-class: every student (scratch included) trains and validates without class k; the
+    # teacher saw it; trials report test accuracy on class k (kdtune.methods.omit_class)
+    omit_class: int | None = Field(default=None, ge=0)
 
 
 def _range(value: Any, low: float | None, high: float | None, name: str,
@@ -222,6 +226,9 @@ class SearchSpec(_Strict):
     max_concurrent: int = Field(default=2, ge=1)
     sampler_seed: int = 0
     include_paper_point: bool = True  # evaluate alpha=0.7, tau=4 first
+    # configurations evaluated next, in order, e.g. a temperature sweep [{tau: 1}, {tau: 2}, ...];
+    # each method takes the keys it searches and Optuna samples the rest
+    points: list[dict[str, Any]] | None = None
 
     @field_validator("alpha")
     @classmethod
@@ -366,23 +373,58 @@ class StudySpec(_Strict):
                              "(search.hint_layers or distillation.hint_layer)")
         return self
 
+    @model_validator(mode="after")
+    def _method_needs(self) -> StudySpec:
+        if "reversed" in self.methods and "reversed_scratch" not in self.methods:
+            raise ValueError("@methods: method reversed needs its baseline reversed_scratch (the "
+                             "teacher architecture on labels alone) in methods")
+        if "mskd" in self.methods and len(arch_taps(self.student.arch, self.student.options)) < 2:
+            raise ValueError(f"@methods: mskd needs a student with at least two stages "
+                             f"({self.student.label} has one)")
+        for index, point in enumerate(self.search.points or []):
+            for name, value in point.items():
+                where = f"@search.points[{index}]"
+                if name == "hint_layer":
+                    if value not in self.hint_choices():
+                        raise ValueError(f"{where}: hint_layer '{value}' is not among "
+                                         f"search.hint_layers")
+                    continue
+                bounds = getattr(self.search, name, None) if name in (
+                    "alpha", "tau", "beta", "lr") else "unknown"
+                if bounds == "unknown":
+                    raise ValueError(f"{where}: unknown dimension '{name}' (known: alpha, tau, "
+                                     "beta, lr, hint_layer)")
+                if bounds is None:
+                    raise ValueError(f"{where}: {name} is not searched (give search.{name} a "
+                                     "range that holds the point)")
+                if not isinstance(value, (int, float)) or not bounds[0] <= value <= bounds[1]:
+                    raise ValueError(f"{where}: {name}={value} is outside search.{name} "
+                                     f"[{bounds[0]}, {bounds[1]}]")
+        return self
+
     def hint_choices(self) -> list[str]:
         return list(self.search.hint_layers or [self.distillation.hint_layer])
 
-    def teacher_id(self, dataset: DatasetSpec) -> str:
-        """Identity of a pretrained teacher: everything that changes its weights, hashed."""
+    def teacher_id(self, dataset: DatasetSpec, model: Literal["teacher", "student"] = "teacher"
+                   ) -> str:
+        """Identity of a pretrained model: everything that changes its weights, hashed.
+
+        ``model='student'`` is the pretrained student-architecture model that teaches ``self``
+        and ``reversed``: the same training recipe with the student's architecture.
+        """
+        spec_model = self.teacher if model == "teacher" else self.student
         data = dataset.model_dump(exclude={"data_dir", "download"})
         # fields added after the first release hash only when set, so stored teachers keep
         # their ids; every knob that is set changes the data, hence the teacher
         data = {k: v for k, v in data.items() if v is not None or k not in _LATER_FIELDS}
         key = {"dataset": data,
-               "model": self.teacher.model_dump(), "seed": self.teacher_seed,
+               "model": spec_model.model_dump(), "seed": self.teacher_seed,
                "epochs": self.training.teacher_epochs,
                "training": self.training.model_dump(
                    exclude={"student_epochs", "amp"} | ({"aug_share"} if self.training.aug_share
                                                         == 1.0 else set()))}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-        return f"{dataset.name}-{self.teacher.arch}-s{self.teacher_seed}-{digest}"
+        return f"{dataset.name}-{spec_model.arch}-s{self.teacher_seed}-{digest}"
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:

@@ -27,6 +27,7 @@ import pyarrow as pa
 import yaml
 
 from kdtune.data import DatasetUnavailable
+from kdtune.methods import METHOD_INFO, PRETRAINED, row_columns, teacher_sources
 from kdtune.results import (
     GAIN_SCHEMA,
     GAINS_FILE,
@@ -36,7 +37,7 @@ from kdtune.results import (
     read_rows,
     write_table_atomic,
 )
-from kdtune.spec import DatasetSpec, StudySpec, parse_spec
+from kdtune.spec import DatasetSpec, SpecError, StudySpec, parse_spec
 from kdtune.trainables import flat_config, teacher_path
 
 DATASETS_FILE = "datasets.parquet"
@@ -107,6 +108,10 @@ def check_datasets(spec: StudySpec, log: Callable[[str], None] | None = None
         sizes = splits.sizes()
         cx = measure(splits, ds.label)
         knob, knob_value = ds.knob()
+        k = spec.distillation.omit_class
+        if k is not None and k >= splits.num_classes:
+            raise SpecError(f"distillation.omit_class: {ds.label} has no class {k} "
+                            f"(0..{splits.num_classes - 1})")
         rows.append({"dataset": ds.label, "name": ds.name, "channels": splits.channels,
                      "image_size": splits.image_size, "num_classes": splits.num_classes,
                      "n_train": sizes["train"], "n_val": sizes["val"], "n_test": sizes["test"],
@@ -179,7 +184,7 @@ def _tune_callback(store: ResultsStore, spec: StudySpec, stage: str, role: str,
                 return
             row = self._base(trial) | {k: result.get(k) for k in (
                 "epoch", "train_loss", "loss_ce", "loss_kd", "loss_hint", "val_acc", "epoch_s",
-                "wall_s")}
+                "wall_s", "loss_at")}
             store.add_epoch(row)
             if role == "teacher":
                 log(f"  [{stage}] {row['dataset']} teacher epoch {row['epoch']}/"
@@ -206,6 +211,7 @@ def _tune_callback(store: ResultsStore, spec: StudySpec, stage: str, role: str,
                 "wall_s": last.get("wall_s"), "teacher_id": c.get("teacher_id"),
                 "node_id": last.get("node_id"),
                 "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                **row_columns(spec, c["method"], last),
             }
             store.finish_trial(row)
             self.done += 1
@@ -377,31 +383,36 @@ class Study:
         _write_json_atomic(meta, path)
 
     # --- stages -------------------------------------------------------------------------
-    def _teachers(self) -> dict[int, tuple[str, Path]]:
+    def _teachers(self, model: str = "teacher") -> dict[int, tuple[str, Path]]:
+        """Train (or reuse) the pretrained models of one spec architecture: ``teacher``, or
+        ``student`` for the pretrained copy of the student that teaches self/reversed."""
         from kdtune.trainables import train_teacher
 
         spec = self.spec
+        method = PRETRAINED[model]
+        stage = "teachers" if model == "teacher" else "teachers-student"
+        arch = spec.teacher.arch if model == "teacher" else spec.student.arch
         out, to_train = {}, []
         for index, ds in enumerate(spec.datasets):
-            tid = spec.teacher_id(ds)
+            tid = spec.teacher_id(ds, model)
             path = teacher_path(spec.storage, tid)
             out[index] = (tid, path)
             if path.exists():
-                self.log(f"teacher {tid}: reusing {path}")
-                self._record_reused_teacher(index, tid, path)
+                self.log(f"{method} {tid}: reusing {path}")
+                self._record_reused_teacher(index, tid, path, method, stage)
             elif index not in [i for i, _ in to_train] and tid not in [t for _, t in to_train]:
                 to_train.append((index, tid))
         if to_train:
-            self.log(f"stage teachers: training {len(to_train)} teacher(s) "
-                     f"({spec.teacher.arch}, {spec.training.teacher_epochs} epochs)")
-            jobs = [{"dataset_index": i, "method": "teacher", "role": "teacher",
+            self.log(f"stage {stage}: training {len(to_train)} {method} model(s) "
+                     f"({arch}, {spec.training.teacher_epochs} epochs)")
+            jobs = [{"dataset_index": i, "method": method, "role": "teacher",
                      "seed": spec.teacher_seed, "teacher_id": tid,
                      "teacher_path": str(out[i][1]),
                      **_role_resources(spec, "teacher")} for i, tid in to_train]
             from ray import tune
 
-            callback = _tune_callback(self.store, spec, "teachers", "teacher", len(jobs), self.log)
-            _fit(train_teacher, spec, self.run_dir, "teachers",
+            callback = _tune_callback(self.store, spec, stage, "teacher", len(jobs), self.log)
+            _fit(train_teacher, spec, self.run_dir, stage,
                  {"job": tune.grid_search(jobs)}, 1, callback, role="teacher")
             missing = [tid for i, tid in to_train if not out[i][1].exists()]
             if missing:
@@ -409,10 +420,10 @@ class Study:
                                  f"see {self.run_dir / 'trials.parquet'} (column failure)")
         return out
 
-    def _record_reused_teacher(self, index: int, tid: str, path: Path) -> None:
+    def _record_reused_teacher(self, index: int, tid: str, path: Path, method: str = "teacher",
+                               stage: str = "teachers") -> None:
         import torch
 
-        stage = "teachers"
         trial_id = f"{stage}:reused:{tid}"
         if any(r["trial_id"] == trial_id for r in self.store.trials):
             return
@@ -420,12 +431,12 @@ class Study:
         self.store.finish_trial({
             "study": self.spec.study, "run_id": self.run_dir.name, "stage": stage,
             "trial_id": trial_id, "dataset": self.spec.datasets[index].label,
-            "method": "teacher", "role": "teacher", "seed": self.spec.teacher_seed,
+            "method": method, "role": "teacher", "seed": self.spec.teacher_seed,
             "lr": self.spec.training.lr, "config_json": json.dumps({"reused": str(path)}),
             "val_acc": state.get("val_acc"), "test_acc": state.get("test_acc"),
             "epochs_run": self.spec.training.teacher_epochs,
             "epochs_budget": self.spec.training.teacher_epochs, "status": "reused",
-            "wall_s": 0.0, "teacher_id": tid})
+            "wall_s": 0.0, "teacher_id": tid, **row_columns(self.spec, method, {})})
 
     def _search(self, index: int, method: str, teacher: tuple[str, Path]) -> None:
         from kdtune.search import make_searcher
@@ -449,7 +460,7 @@ class Study:
         _fit(train_student, spec, self.run_dir, stage, constants, remaining, callback,
              searcher=searcher, scheduler=_asha(spec))
 
-    def _final(self, teachers: dict[int, tuple[str, Path]]) -> None:
+    def _final(self, teachers: dict[str, dict[int, tuple[str, Path]]]) -> None:
         from ray import tune
 
         from kdtune.trainables import train_student
@@ -465,14 +476,15 @@ class Study:
                 config = {k: v for k, v in json.loads(best["config_json"]).items()
                           if k in ("alpha", "tau", "hint_layer", "beta", "lr", "augmentation",
                                    "aug_share")}
+                source = teachers.get(METHOD_INFO[method].taught_by or "", {})
                 for seed in spec.final.seeds:
                     if self.store.finished(role="final", dataset=ds.label, method=method,
                                            seed=seed):
                         continue
                     jobs.append(config | {
                         "dataset_index": index, "method": method, "role": "final",
-                        "seed": seed, "teacher_id": teachers.get(index, ("", ""))[0],
-                        "teacher_path": str(teachers.get(index, ("", ""))[1]),
+                        "seed": seed, "teacher_id": source.get(index, ("", ""))[0],
+                        "teacher_path": str(source.get(index, ("", ""))[1]),
                         "selected_from": best["trial_id"],
                         **_role_resources(spec, "student")})
         if not jobs:
@@ -493,11 +505,12 @@ class Study:
         self._write_meta("running")
         _init_ray(address, self.log)
         try:
-            needs_teacher = any(m != "scratch" for m in self.spec.methods)
-            teachers = self._teachers() if needs_teacher else {}
+            # the spec's teacher, and a pretrained student-architecture model for self/reversed
+            teachers = {model: self._teachers(model) for model in teacher_sources(self.spec)}
             for index in range(len(self.spec.datasets)):
                 for method in self.spec.methods:
-                    self._search(index, method, teachers.get(index, ("", Path())))
+                    source = teachers.get(METHOD_INFO[method].taught_by or "", {})
+                    self._search(index, method, source.get(index, ("", Path())))
             self._final(teachers)
         except BaseException:
             self._write_meta("interrupted")
@@ -519,13 +532,16 @@ def summary(trials: list[dict[str, Any]], gains: list[dict[str, Any]], wall_s: f
     lines = [f"done in {wall_s:.0f}s: {len(trials)} trials ("
              + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")"]
     for g in gains:
-        if g["method"] == "scratch":
-            lines.append(f"  {g['dataset']:<16} scratch  test {g['test_acc_mean']:.2f}% "
+        if g["method"] == "scratch" or not g.get("baseline"):
+            lines.append(f"  {g['dataset']:<16} {g['method']:<8} test {g['test_acc_mean']:.2f}% "
                          f"over {g['n_seeds']} seeds")
         else:
+            vs = "" if g["baseline"] == "scratch" else f" vs {g['baseline']}"
             lines.append(f"  {g['dataset']:<16} {g['method']:<8} test {g['test_acc_mean']:.2f}%"
                          f"  gain {g['gain_pts']:+.2f} pts  95% CI [{g['gain_ci_low']:+.2f}, "
-                         f"{g['gain_ci_high']:+.2f}]")
+                         f"{g['gain_ci_high']:+.2f}]{vs}")
+        if g.get("omitted_class_acc_mean") is not None:
+            lines[-1] += f"  (class {g['omitted_class']}: {g['omitted_class_acc_mean']:.1f}%)"
     return "\n".join(lines)
 
 

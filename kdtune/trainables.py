@@ -5,10 +5,16 @@ loop of :mod:`kdtune.engine`, and reports validation accuracy plus a checkpoint 
 (``tune.report``). A trial restarted by Tune resumes from its last checkpoint. The last report
 of a trial also carries its test accuracy, measured once training ends: it is recorded, never
 used to choose anything.
+
+Which model a trial trains and which pretrained model teaches it come from
+:mod:`kdtune.methods`. With augmentation off, the teacher's outputs on the whole training split
+are computed once per worker process and shared by every trial that has the same teacher,
+dataset and transfer set (``_TEACHER_OUTPUTS``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -18,20 +24,28 @@ from typing import Any
 import torch
 
 from kdtune.data import Splits
-from kdtune.distill import Scratch, build_distiller
+from kdtune.distill import Distiller, Scratch, WithTeacher, build_distiller
 from kdtune.engine import (
     Budget,
     TrainingDiverged,
+    class_accuracies,
     evaluate,
     make_optimizer,
     pick_device,
     train_epochs,
 )
+from kdtune.methods import accuracy_json, omit_class, trial_models
 from kdtune.models import build_model
-from kdtune.spec import DatasetSpec, StudySpec
+from kdtune.spec import DatasetSpec, ModelSpec, StudySpec
+from kdtune.teacher_outputs import CachedTeacher, feature_bytes, precompute
 
 _SPLITS_CACHE: dict[tuple[str, str], Splits] = {}
 _TEACHER_CACHE: dict[tuple[str, float, str], torch.nn.Module] = {}
+_TEACHER_OUTPUTS: dict[tuple, CachedTeacher] = {}
+_TEACHER_OUTPUTS_KEEP = 4  # entries per worker process; the oldest goes first
+# cached hint/attention features beyond this stay live (CIFAR-size ResNet-50 layer1 maps would
+# take ~50 GB); logits always fit
+CACHE_FEATURES_MB = float(os.environ.get("KDTUNE_TEACHER_CACHE_MB", "1024"))
 
 TEACHER_FILE = "teacher.pt"
 
@@ -62,15 +76,49 @@ def save_atomic(obj: Any, path: Path) -> None:
         raise
 
 
-def load_teacher(spec: StudySpec, path: Path, splits: Splits, device: torch.device) -> torch.nn.Module:
+def load_teacher(spec: StudySpec, path: Path, splits: Splits, device: torch.device,
+                 model: ModelSpec | None = None) -> torch.nn.Module:
+    """A stored pretrained model (of ``model``'s architecture, default the spec's teacher)."""
+    model = model or spec.teacher
     key = (str(path), path.stat().st_mtime, str(device))
     if key not in _TEACHER_CACHE:
-        teacher = build_model(spec.teacher.arch, splits.channels, splits.num_classes,
-                              splits.image_size, spec.teacher.options)
+        teacher = build_model(model.arch, splits.channels, splits.num_classes,
+                              splits.image_size, model.options)
         state = torch.load(path, map_location=device, weights_only=True)
         teacher.load_state_dict(state["model"])
         _TEACHER_CACHE[key] = teacher.to(device).eval()
     return _TEACHER_CACHE[key]
+
+
+def student_splits(spec: StudySpec, dataset: DatasetSpec, device: torch.device) -> Splits:
+    """The student's transfer set: the dataset, less the omitted class if the spec omits one."""
+    k = spec.distillation.omit_class
+    splits = dataset_splits(dataset, device)
+    if k is None:
+        return splits
+    key = (dataset.model_dump_json() + f"|omit={k}", str(device))
+    if key not in _SPLITS_CACHE:
+        _SPLITS_CACHE[key] = omit_class(splits, k)
+    return _SPLITS_CACHE[key]
+
+
+def use_cached_teacher(distiller: Distiller, splits: Splits, key: tuple, budget: Budget) -> str:
+    """Serve ``distiller``'s teacher outputs from a per-process cache when that is exact and
+    fits; returns ``cached`` or ``live`` (reported with the trial's metrics)."""
+    if not isinstance(distiller, WithTeacher) or budget.augmentation != "none":
+        return "live"  # augmented images are new every epoch: the teacher must see them
+    key = key + (distiller.teacher_taps,)
+    if key not in _TEACHER_OUTPUTS:
+        live = distiller.live_teacher
+        if distiller.teacher_taps and feature_bytes(
+                live, splits.train_x[:1].float(), len(splits.train_y)) > CACHE_FEATURES_MB * 2**20:
+            return "live"
+        while len(_TEACHER_OUTPUTS) >= _TEACHER_OUTPUTS_KEEP:
+            _TEACHER_OUTPUTS.pop(next(iter(_TEACHER_OUTPUTS)))
+        _TEACHER_OUTPUTS[key] = CachedTeacher(precompute(live, splits.train_x, splits.mean,
+                                                         splits.std, amp=budget.amp))
+    distiller.use_cached_teacher(_TEACHER_OUTPUTS[key])
+    return "cached"
 
 
 def _budget(spec: StudySpec, epochs: int, config: dict[str, Any]) -> Budget:
@@ -132,21 +180,35 @@ def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool) -> None:
     torch.set_num_threads(max(1, int(config.get("cpus", 1))))
     device = pick_device(float(config.get("gpus", 0)))
     dataset = spec.datasets[int(config["dataset_index"])]
-    splits = dataset_splits(dataset, device)
+    # pretrained models see every class; students see the transfer set (omit-one-class)
+    splits = (dataset_splits(dataset, device) if is_teacher
+              else student_splits(spec, dataset, device))
     seed = int(config["seed"])
-    torch.manual_seed(seed)
-    arch = spec.teacher if is_teacher else spec.student
+    method = config["method"]
+    # the model trained (the teacher architecture for `reversed`) and the one teaching it
+    arch, teacher_arch = trial_models(spec, method)
     epochs = spec.training.teacher_epochs if is_teacher else spec.training.student_epochs
+    budget = _budget(spec, epochs, config)
+    teacher = None
+    if not is_teacher and teacher_arch is not None:
+        # loaded before seeding: building it (first time in this worker) draws random numbers,
+        # which would otherwise shift the student's initialisation from worker to worker
+        path = Path(config["teacher_path"])
+        teacher = load_teacher(spec, path, splits, device, teacher_arch)
+    torch.manual_seed(seed)
     model = build_model(arch.arch, splits.channels, splits.num_classes, splits.image_size,
                         arch.options).to(device)
-    if is_teacher or config["method"] == "scratch":
-        distiller = Scratch(model)
+    teacher_outputs = "none"
+    if teacher is None or teacher_arch is None:
+        distiller: Distiller = Scratch(model)
     else:
-        teacher = load_teacher(spec, Path(config["teacher_path"]), splits, device)
-        distiller = build_distiller(config["method"], model, teacher, config,
-                                    student_arch=spec.student.arch, teacher_arch=spec.teacher.arch,
-                                    example=splits.train_x[:2].float()).to(device)
-    budget = _budget(spec, epochs, config)
+        distiller = build_distiller(method, model, teacher, config, student_arch=arch.arch,
+                                    teacher_arch=teacher_arch.arch,
+                                    example=splits.train_x[:2].float().to(device),
+                                    num_classes=splits.num_classes).to(device)
+        teacher_outputs = use_cached_teacher(
+            distiller, splits, (str(path), path.stat().st_mtime, dataset.model_dump_json(),
+                                spec.distillation.omit_class, str(device)), budget)
     optimizer = make_optimizer([p for p in distiller.parameters() if p.requires_grad], budget)
     start_epoch, generator_state = 0, None
     checkpoint = tune.get_checkpoint()
@@ -163,10 +225,13 @@ def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool) -> None:
                                    optimizer=optimizer, generator_state=generator_state):
             _inject_fault(config, report.epoch)
             metrics = report.metrics() | {"node_id": node_id,
-                                          "wall_s": time.perf_counter() - started}
+                                          "wall_s": time.perf_counter() - started,
+                                          "teacher_outputs": teacher_outputs}
             if report.epoch == budget.epochs:
-                metrics["test_acc"] = evaluate(model, splits.test_x, splits.test_y, splits,
-                                               amp=budget.amp)
+                metrics["test_acc"] = evaluate(distiller.predictor, splits.test_x, splits.test_y,
+                                               splits, amp=budget.amp)
+                if not is_teacher:
+                    metrics.update(_class_and_exit_metrics(spec, distiller, splits, budget))
                 if is_teacher:
                     save_atomic({"model": model.state_dict(), "val_acc": report.val_acc,
                                  "test_acc": metrics["test_acc"]}, Path(config["teacher_path"]))
@@ -183,8 +248,26 @@ def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool) -> None:
                      "wall_s": time.perf_counter() - started})
 
 
+def _class_and_exit_metrics(spec: StudySpec, distiller: Distiller, splits: Splits,
+                            budget: Budget) -> dict[str, Any]:
+    """Per-class test accuracy (and the omitted class's), and each exit's for multi-exit models."""
+    per_class = class_accuracies(distiller.predictor, splits.test_x, splits.test_y, splits,
+                                 amp=budget.amp)
+    out: dict[str, Any] = {"class_acc_json": accuracy_json(per_class)}
+    k = spec.distillation.omit_class
+    if k is not None:
+        out |= {"omitted_class": k, "omitted_class_acc": per_class.get(k)}
+    exits = distiller.exit_models()
+    if exits:
+        out["exit_acc_json"] = json.dumps({name: round(evaluate(m, splits.test_x, splits.test_y,
+                                                                splits, amp=budget.amp), 4)
+                                           for name, m in exits.items()})
+    return out
+
+
 def train_teacher(config: dict[str, Any], spec: StudySpec) -> None:
-    """Pretrain one teacher and save it to the study's teacher store."""
+    """Pretrain one model (``config['method']``: ``teacher``, or ``pretrained_student`` for
+    self/reversed) and save it to the study's teacher store."""
     _run(config, spec, is_teacher=True)
 
 
