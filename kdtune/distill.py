@@ -21,19 +21,20 @@ from kdtune.teacher_outputs import LOG_PROBS, LOGITS, CachedTeacher, LiveTeacher
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, tau: float,
-            teacher_log_probs: torch.Tensor | None = None) -> torch.Tensor:
+            teacher_log_probs: torch.Tensor | None = None, weight: float = 1.0) -> torch.Tensor:
     """Hinton's soft-target term: ``tau**2 * KL(softmax(t/tau) || softmax(s/tau))``, batch mean.
 
     The KL runs from the teacher's distribution to the student's (the paper's eq. 4); the
     ``tau**2`` keeps its gradients on the scale of the cross-entropy as ``tau`` grows.
     ``teacher_log_probs`` (``log_softmax(t/tau)``, precomputed by a cached teacher) replaces
-    ``teacher_logits``: on a tiny student that saves a tenth of the step.
+    ``teacher_logits``: on a tiny student that saves a tenth of the step. ``weight`` multiplies
+    the result in the same (single) operation as ``tau**2``.
     """
     log_p_student = F.log_softmax(student_logits / tau, dim=1)
     log_p_teacher = (teacher_log_probs if teacher_log_probs is not None
                      else F.log_softmax(teacher_logits.float() / tau, dim=1))
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
-    return kl * tau * tau
+    return kl * (weight * tau * tau)
 
 
 def rkd_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
@@ -41,7 +42,7 @@ def rkd_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None
                teacher_log_probs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The paper's eq. 4 as named terms: ``(1-alpha)*CE + alpha*tau**2*KL``."""
     return {"ce": (1.0 - alpha) * F.cross_entropy(student_logits, labels),
-            "kd": alpha * kd_loss(student_logits, teacher_logits, tau, teacher_log_probs)}
+            "kd": kd_loss(student_logits, teacher_logits, tau, teacher_log_probs, weight=alpha)}
 
 
 class HintRegressor(nn.Module):
