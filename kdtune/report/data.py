@@ -73,19 +73,20 @@ class Run:
                 seen.append(r["method"])
         return sorted(seen, key=lambda m: (m != "scratch", seen.index(m)))
 
-    def scratch_reference(self, dataset: str) -> float | None:
-        """Validation accuracy of the tuned scratch student, the zero of every gain surface.
+    def scratch_reference(self, dataset: str, baseline: str = "scratch") -> float | None:
+        """Validation accuracy of the tuned ``baseline`` (``scratch``, or ``reversed_scratch``
+        for ``reversed``), the zero of every gain surface.
 
         The best finished scratch search trial: it ran with the same seed as the search trials
         it is compared with. Falls back to the mean of the scratch final runs.
         """
         search = [r["val_acc"] for r in self.trials if r["dataset"] == dataset
-                  and r["method"] == "scratch" and r["role"] == "search"
+                  and r["method"] == baseline and r["role"] == "search"
                   and r["status"] == "finished" and _num(r["val_acc"])]
         if search:
             return max(search)
         final = [r["val_acc"] for r in self.trials if r["dataset"] == dataset
-                 and r["method"] == "scratch" and r["role"] == "final"
+                 and r["method"] == baseline and r["role"] == "final"
                  and r["status"] == "finished" and _num(r["val_acc"])]
         return sum(final) / len(final) if final else None
 

@@ -15,7 +15,7 @@ from plotly.subplots import make_subplots
 from kdtune.report.data import Importance, Run, _num
 from kdtune.report.html import esc, missing
 from kdtune.report.surface import fit_surface
-from kdtune.results import best_search_trial
+from kdtune.results import baseline_of, best_search_trial
 
 FIXED_COLOURS = {"teacher": "#222222", "scratch": "#7f7f7f", "rkd": "#1f77b4", "ikd": "#d62728"}
 PALETTE = ["#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
@@ -53,8 +53,10 @@ def surface_figure(run: Run, dataset: str, prefix: str = "") -> go.Figure | None
     if not rows:
         return None
     methods = [m for m in run.methods(dataset) if any(r["method"] == m for r in rows)]
-    ref = run.scratch_reference(dataset)
-    base = ref if ref is not None else 0.0
+    # each method against its own baseline: scratch, or reversed_scratch for reversed
+    refs = {m: run.scratch_reference(dataset, baseline_of(m) or "scratch") for m in methods}
+    ref_ok = all(v is not None for v in refs.values())
+    bases = {m: refs[m] if ref_ok else 0.0 for m in methods}
     ncols = min(3, len(methods))
     nrows = math.ceil(len(methods) / ncols)
     titles = []
@@ -63,7 +65,7 @@ def surface_figure(run: Run, dataset: str, prefix: str = "") -> go.Figure | None
         done = [r for r in rows if r["method"] == m and r["status"] == "finished"
                 and _num(r["val_acc"])]
         fits[m] = fit_surface([r["alpha"] for r in done], [r["tau"] for r in done],
-                              [r["val_acc"] - base for r in done])
+                              [r["val_acc"] - bases[m] for r in done])
         n = sum(1 for r in rows if r["method"] == m)
         titles.append(f"{esc(m)} · {n} trials" + ("" if fits[m] else " · too few to fit"))
     fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=titles,
@@ -73,13 +75,13 @@ def surface_figure(run: Run, dataset: str, prefix: str = "") -> go.Figure | None
     # one colour scale for every panel, points and surfaces alike (zero in the middle when the
     # colour is a gain); set explicitly per trace: plotly cannot share a coloraxis between
     # contours and markers
-    values = [r["val_acc"] - base for r in rows if _num(r["val_acc"])] + [
+    values = [r["val_acc"] - bases[r["method"]] for r in rows if _num(r["val_acc"])] + [
         float(v) for f in fits.values() if f is not None for v in (f.z.min(), f.z.max())]
     low, high = (min(values), max(values)) if values else (0.0, 1.0)
-    if ref is not None:
+    if ref_ok:
         low, high = -max(abs(low), abs(high), 0.1), max(abs(low), abs(high), 0.1)
     scale = {"colorscale": COLORSCALE, "zmin": low, "zmax": high, "colorbar": dict(
-        title=dict(text="gain, pts" if ref is not None else "val acc %"), len=0.9)}
+        title=dict(text="gain, pts" if ref_ok else "val acc %"), len=0.9)}
 
     def legend(name: str) -> bool:
         first = name not in shown
@@ -98,6 +100,7 @@ def surface_figure(run: Run, dataset: str, prefix: str = "") -> go.Figure | None
                 hovertemplate="α=%{x:.2f} τ=%{y:.2f}<br>fitted: %{z:+.2f} pts"
                               "<extra>GP surface</extra>"), row=row, col=col)
         mrows = [r for r in rows if r["method"] == m]
+        base, ref = bases[m], (refs[m] if ref_ok else None)
         groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for r in mrows:
             state = ("failed" if r["status"] == "failed" or not _num(r["val_acc"])
@@ -134,8 +137,10 @@ def surface_figure(run: Run, dataset: str, prefix: str = "") -> go.Figure | None
                 "</extra>"), row=row, col=col)
         fig.update_xaxes(title_text="α (weight of the distillation loss)", row=row, col=col)
         fig.update_yaxes(title_text="τ (temperature)", row=row, col=col)
-    what = (f"validation gain over the tuned scratch student ({ref:.2f}%), points"
-            if ref is not None else "validation accuracy, % (no scratch search to compare)")
+    baselines = {baseline_of(m) or "scratch": refs[m] for m in methods}
+    what = ("validation gain over the tuned " + " / ".join(
+        f"{b} student ({v:.2f}%)" for b, v in baselines.items()) + ", points" if ref_ok
+        else "validation accuracy, % (no baseline search to compare)")
     fig.update_layout(
         title=_title(f"{esc(prefix)}{esc(dataset)}: where distillation pays on the α–τ plane",
                      "colour: " + what + "; surface: Gaussian-process fit over the finished "
@@ -306,7 +311,8 @@ def _gain_hover(p: tuple, multi: bool) -> str:
         return f"{head}<br>teacher − scratch: {y:+.2f} pts<br>{score_txt}"
     ci = f"[{low:+.2f}, {high:+.2f}]" if _num(low) else "(one seed: no interval)"
     return (f"{head} · {esc(method)}<br>gain {y:+.2f} pts {ci}<br>test "
-            f"{g['test_acc_mean']:.2f}% vs scratch {g['scratch_test_acc_mean']:.2f}%, "
+            f"{g['test_acc_mean']:.2f}% vs {esc(g.get('baseline') or 'scratch')} "
+            f"{g['scratch_test_acc_mean']:.2f}%, "
             f"{g['n_seeds']} seed(s)<br>{score_txt}")
 
 
