@@ -25,7 +25,9 @@ from typing import Any
 import pyarrow as pa
 import yaml
 
-from kdtune.data import DatasetUnavailable, load_splits
+from kdtune.cluster import ResourcesByMethod, check_shared_storage, cluster_address
+from kdtune.data import DatasetUnavailable, Splits, load_splits
+from kdtune.resources import ClusterView, ResourcePlan, Shape, resolve, roles_needed
 from kdtune.results import (
     GAIN_SCHEMA,
     GAINS_FILE,
@@ -83,13 +85,18 @@ def resolve_paths(spec: StudySpec, storage: str | None, data_dir: str | None,
     return spec.model_copy(update={"storage": storage_path, "datasets": datasets})
 
 
-def check_datasets(spec: StudySpec) -> list[dict[str, Any]]:
-    """Load every dataset once in the driver: a missing one fails before any trial starts."""
+def check_datasets(spec: StudySpec, keep: list[Splits] | None = None) -> list[dict[str, Any]]:
+    """Load every dataset once in the driver: a missing one fails before any trial starts.
+
+    The loaded splits are appended to ``keep``: trials get them through Ray's object store.
+    """
     rows = []
     for ds in spec.datasets:
         fractions = {} if ds.split == "paper" else {"fractions": tuple(ds.split)}
         splits = load_splits(ds.name, data_dir=ds.data_dir, download=ds.download,
                              split_seed=ds.split_seed, max_train=ds.max_train, **fractions)
+        if keep is not None:
+            keep.append(splits)
         sizes = splits.sizes()
         rows.append({"dataset": ds.label, "name": ds.name, "channels": splits.channels,
                      "image_size": splits.image_size, "num_classes": splits.num_classes,
@@ -97,8 +104,15 @@ def check_datasets(spec: StudySpec) -> list[dict[str, Any]]:
     return rows
 
 
-def check_storage(storage: Path, min_free: int = MIN_FREE_BYTES) -> None:
+def check_storage(storage: str | Path, min_free: int = MIN_FREE_BYTES) -> None:
     """Fail before any trial starts if ``storage`` cannot take a run: unwritable or full."""
+    if "://" in str(storage):
+        # Tune could write there, but kdtune's own files (Parquet after every trial, teachers,
+        # the Optuna journal with its file lock) are written with local file operations
+        raise StorageError(f"storage {storage}: object storage is not supported yet; use a "
+                           f"path every node of the cluster mounts (NFS, EFS, Filestore, a "
+                           f"Kubernetes volume)")
+    storage = Path(storage)
     probe = storage / f".kdtune-write-test-{os.getpid()}"
     try:
         storage.mkdir(parents=True, exist_ok=True)
@@ -182,7 +196,7 @@ def _tune_callback(store: ResultsStore, spec: StudySpec, stage: str, role: str,
                 "test_acc": last.get("test_acc"), "epochs_run": epochs_run,
                 "epochs_budget": budget, "status": status, "failure": failure,
                 "wall_s": last.get("wall_s"), "teacher_id": c.get("teacher_id"),
-                "node_id": last.get("node_id"),
+                "node_id": last.get("node_id"), "restarts": int(trial.num_failures),
                 "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             }
             store.finish_trial(row)
@@ -195,9 +209,13 @@ def _tune_callback(store: ResultsStore, spec: StudySpec, stage: str, role: str,
             val = f"val {row['val_acc']:.1f}%" if row["val_acc"] is not None else "no val"
             best = f" (best {self.best:.1f}%)" if self.best is not None and role == "search" else ""
             why = f" [{status}: {failure}]" if failure else (" [stopped early]" if status == "stopped" else "")
+            why += f" [restarted {row['restarts']}x from its checkpoint]" if row["restarts"] else ""
             log(f"  [{stage}] {self.done}/{expected} {row['dataset']} {row['method']} seed "
                 f"{row['seed']}: {val}{best} after {epochs_run} epochs, "
                 f"{row['wall_s'] or 0:.0f}s {hp}{why}")
+
+        def on_step_end(self, iteration, trials, **info):
+            check_stop()
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._finish(trial, None, None)
@@ -213,15 +231,25 @@ def _tune_callback(store: ResultsStore, spec: StudySpec, stage: str, role: str,
 
 
 def _fit(trainable, spec: StudySpec, run_dir: Path, stage: str, param_space: dict[str, Any],
-         num_samples: int, callback, searcher=None, scheduler=None) -> None:
+         num_samples: int, callback, searcher=None, scheduler=None,
+         plan: ResourcePlan | None = None, **parameters: Any) -> None:
+    """One stage as a Tuner. ``parameters`` (object refs of the datasets and teachers) reach
+    the trainable through ``tune.with_parameters``, never through its closure."""
     from ray import tune
 
-    resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
+    check_stop()
+    if plan is None:
+        resources: Any = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
+    elif len({tuple(sorted(r.bundle().items())) for r in plan.roles.values()}) == 1:
+        resources = next(iter(plan.roles.values())).bundle()
+    else:  # roles differ: each trial's bundle follows its method
+        resources = ResourcesByMethod(plan)
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(trainable, spec=spec), resources),
+        tune.with_resources(tune.with_parameters(trainable, spec=spec, **parameters), resources),
         param_space=param_space,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                    num_samples=num_samples, reuse_actors=True),
+                                    num_samples=num_samples, reuse_actors=True,
+                                    max_concurrent_trials=spec.resources.max_concurrent_trials),
         run_config=tune.RunConfig(
             name=stage, storage_path=str(run_dir / "tune"), callbacks=[callback], verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -229,6 +257,7 @@ def _fit(trainable, spec: StudySpec, run_dir: Path, stage: str, param_space: dic
             failure_config=tune.FailureConfig(max_failures=spec.scheduler.max_retries)),
     )
     tuner.fit()
+    check_stop()
 
 
 def _asha(spec: StudySpec):
@@ -236,24 +265,42 @@ def _asha(spec: StudySpec):
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    return ASHAScheduler(time_attr="training_iteration", metric="val_acc", mode="max",
+    # rungs count epochs, as the trial reports them, also after a restart from a checkpoint
+    return ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max",
                          max_t=spec.training.student_epochs,
                          grace_period=min(spec.scheduler.grace_period,
                                           spec.training.student_epochs),
                          reduction_factor=spec.scheduler.reduction_factor)
 
 
+# Set by Ctrl-C or SIGTERM. A KeyboardInterrupt raised by the handler is lost when it lands in
+# a __del__ (Ray's actor handles are collected mid-stage), so the run also checks this flag at
+# every Tune step and around every stage.
+_STOP_REQUESTED = threading.Event()
+
+
 def _raise_keyboard_interrupt(signum, frame) -> None:  # noqa: ARG001 - signal API
+    _STOP_REQUESTED.set()
     raise KeyboardInterrupt
 
 
-def stop_on_sigterm() -> None:
+def check_stop() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C or SIGTERM arrived, even if its first raise was lost."""
+    if _STOP_REQUESTED.is_set():
+        raise KeyboardInterrupt
+
+
+def stop_on_sigterm(fresh: bool = False) -> None:
     """Treat SIGTERM like Ctrl-C: the run stops cleanly and says how to resume.
 
     Called again after ``ray.init``, whose core installs its own SIGTERM handler (which aborts).
+    ``fresh`` forgets a stop request of an earlier command in this process.
     """
+    if fresh:
+        _STOP_REQUESTED.clear()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
 
 
 def _init_ray(address: str | None, log: Callable[[str], None]) -> None:
@@ -270,7 +317,10 @@ def _init_ray(address: str | None, log: Callable[[str], None]) -> None:
     if ray.is_initialized():
         return
     started = time.perf_counter()
+    address = cluster_address(address)
     if address:
+        # an existing cluster (--address, or RAY_ADDRESS inside `ray job submit`): kdtune
+        # opens no port of its own there; the cluster's ports are those `ray start` opened
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         where = f"cluster at {address}"
     else:
@@ -286,8 +336,9 @@ def _init_ray(address: str | None, log: Callable[[str], None]) -> None:
         where = "embedded Ray"
     stop_on_sigterm()
     res = ray.cluster_resources()
-    log(f"Ray: {where}, {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs "
-        f"({time.perf_counter() - started:.1f}s)")
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    log(f"Ray: {where}, {nodes} node{'s' * (nodes > 1)}, {res.get('CPU', 0):g} CPUs, "
+        f"{res.get('GPU', 0):g} GPUs ({time.perf_counter() - started:.1f}s)")
 
 
 # ----------------------------------------------------------------------------- the study
@@ -300,17 +351,29 @@ class Study:
         self.spec, self.run_dir, self.log = spec, Path(run_dir), log
         self.spec_text = spec_text
         self.store = ResultsStore(self.run_dir)
+        self.splits: list[Splits] | None = None  # loaded by the driver, put in the object store
+        self.plan: ResourcePlan | None = None  # resolved resources per role
+        self._data_refs: list[Any] | None = None
+        self._teacher_refs: dict[str, Any] = {}
 
     @classmethod
-    def create(cls, spec: StudySpec, spec_text: str, log: Callable[[str], None] = _log) -> Study:
-        """Check storage and datasets, then make the run directory (nothing before the checks)."""
-        check_storage(Path(spec.storage))
-        dataset_rows = check_datasets(spec)
+    def create(cls, spec: StudySpec, spec_text: str, log: Callable[[str], None] = _log,
+               address: str | None = None) -> Study:
+        """Check storage, datasets, the cluster and the resources the spec asks of it, then make
+        the run directory: a check that fails leaves nothing behind."""
+        check_storage(spec.storage)
+        splits: list[Splits] = []
+        dataset_rows = check_datasets(spec, keep=splits)
+        _init_ray(address, log)
+        if check_shared_storage(spec.storage) > 1:
+            log(f"storage {spec.storage}: visible and writable from every node")
+        plan = plan_resources(spec, splits, log)
         run_dir = new_run_dir(spec)
         run_dir.mkdir(parents=True)
         (run_dir / SPEC_FILE).write_text(spec_text)
         write_table_atomic(dataset_rows, DATASET_SCHEMA, run_dir / DATASETS_FILE)
         study = cls(spec, run_dir, spec_text, log)
+        study.splits, study.plan = splits, plan
         study._write_meta("created")
         return study
 
@@ -327,6 +390,21 @@ class Study:
         if meta.get("datasets"):
             spec = spec.model_copy(update={"datasets": [DatasetSpec(**d) for d in meta["datasets"]]})
         return cls(spec, run_dir, spec_file.read_text(), log)
+
+    def _prepare(self, address: str | None) -> None:
+        """Join Ray, load the datasets (a resumed run) and resolve resources for this cluster."""
+        _init_ray(address, self.log)
+        if self.splits is None:
+            self.splits = []
+            check_datasets(self.spec, keep=self.splits)
+        if self.plan is None:
+            check_shared_storage(self.spec.storage)
+            self.plan = plan_resources(self.spec, self.splits, self.log)
+        if self._data_refs is None:
+            import ray
+
+            # once per run: every stage's trials read the same objects, on any node
+            self._data_refs = [ray.put(s) for s in self.splits]
 
     def _write_meta(self, status: str, **extra: Any) -> None:
         path = self.run_dir / RUN_FILE
@@ -359,18 +437,24 @@ class Study:
                      f"({spec.teacher.arch}, {spec.training.teacher_epochs} epochs)")
             jobs = [{"dataset_index": i, "method": "teacher", "role": "teacher",
                      "seed": spec.teacher_seed, "teacher_id": tid,
-                     "teacher_path": str(out[i][1]), "cpus": spec.resources.cpus,
-                     "gpus": spec.resources.gpus} for i, tid in to_train]
+                     "teacher_path": str(out[i][1]), **self._cpus_gpus("teacher")}
+                    for i, tid in to_train]
             from ray import tune
 
             callback = _tune_callback(self.store, spec, "teachers", "teacher", len(jobs), self.log)
             _fit(train_teacher, spec, self.run_dir, "teachers",
-                 {"job": tune.grid_search(jobs)}, 1, callback)
+                 {"job": tune.grid_search(jobs)}, 1, callback, plan=self.plan,
+                 data=self._data_refs)
             missing = [tid for i, tid in to_train if not out[i][1].exists()]
             if missing:
                 raise StudyError(f"teacher training failed for {', '.join(missing)}; "
                                  f"see {self.run_dir / 'trials.parquet'} (column failure)")
         return out
+
+    def _cpus_gpus(self, method: str) -> dict[str, float]:
+        """The resolved resources a trial's config carries (threads, device) for ``method``."""
+        trial = self.plan.for_method(method)
+        return {"cpus": trial.cpus, "gpus": trial.gpus}
 
     def _record_reused_teacher(self, index: int, tid: str, path: Path) -> None:
         import torch
@@ -407,11 +491,11 @@ class Study:
                                  stage, seed=spec.search.sampler_seed + index)
         constants = {"dataset_index": index, "method": method, "role": "search",
                      "seed": spec.final.seeds[0], "teacher_id": teacher[0],
-                     "teacher_path": str(teacher[1]), "cpus": spec.resources.cpus,
-                     "gpus": spec.resources.gpus}
+                     "teacher_path": str(teacher[1]), **self._cpus_gpus(method)}
         callback = _tune_callback(self.store, spec, stage, "search", remaining, self.log)
         _fit(train_student, spec, self.run_dir, stage, constants, remaining, callback,
-             searcher=searcher, scheduler=_asha(spec))
+             searcher=searcher, scheduler=_asha(spec), plan=self.plan, data=self._data_refs,
+             teachers=self._teacher_refs)
 
     def _final(self, teachers: dict[int, tuple[str, Path]]) -> None:
         from ray import tune
@@ -436,8 +520,7 @@ class Study:
                         "dataset_index": index, "method": method, "role": "final",
                         "seed": seed, "teacher_id": teachers.get(index, ("", ""))[0],
                         "teacher_path": str(teachers.get(index, ("", ""))[1]),
-                        "selected_from": best["trial_id"], "cpus": spec.resources.cpus,
-                        "gpus": spec.resources.gpus})
+                        "selected_from": best["trial_id"], **self._cpus_gpus(method)})
         if not jobs:
             self.log("stage final: nothing left to run")
             return
@@ -445,7 +528,8 @@ class Study:
                  f"x seeds {spec.final.seeds})")
         callback = _tune_callback(self.store, spec, "final", "final", len(jobs), self.log)
         _fit(train_student, spec, self.run_dir, "final",
-             {"job": tune.grid_search(jobs)}, 1, callback)
+             {"job": tune.grid_search(jobs)}, 1, callback, plan=self.plan,
+             data=self._data_refs, teachers=self._teacher_refs)
 
     def run(self, address: str | None = None) -> Path:
         """Run every stage not yet done; write gains and the report; return the run directory."""
@@ -454,10 +538,14 @@ class Study:
         started = time.perf_counter()
         self.log(f"run directory: {self.run_dir}")
         self._write_meta("running")
-        _init_ray(address, self.log)
         try:
+            self._prepare(address)
+            self._write_meta("running", resources={role: r.__dict__ for role, r in
+                                                   self.plan.roles.items()},
+                             gpu_fit=self.plan.measured or None)
             needs_teacher = any(m != "scratch" for m in self.spec.methods)
             teachers = self._teachers() if needs_teacher else {}
+            self._teacher_refs = _put_teachers(teachers)
             for index in range(len(self.spec.datasets)):
                 for method in self.spec.methods:
                     self._search(index, method, teachers.get(index, ("", Path())))
@@ -473,6 +561,28 @@ class Study:
         self.log(summary(self.store.trials, gains, wall))
         self.log(f"report: {report}")
         return self.run_dir
+
+
+def plan_resources(spec: StudySpec, splits: list[Splits],
+                   log: Callable[[str], None] = _log) -> ResourcePlan:
+    """Each role's resources on the connected cluster (``gpus: fit`` measures here)."""
+    train_teacher = any(m != "scratch" for m in spec.methods) and not all(
+        teacher_path(spec.storage, spec.teacher_id(ds)).exists() for ds in spec.datasets)
+    shapes = [Shape(s.channels, s.image_size, s.num_classes) for s in splits]
+    plan = resolve(spec, roles_needed(spec, train_teacher), ClusterView.from_ray(), shapes,
+                   log=log)
+    log(f"resources per trial: {plan.describe()}")
+    return plan
+
+
+def _put_teachers(teachers: dict[int, tuple[str, Path]]) -> dict[str, Any]:
+    """Each teacher's weights, once in the object store: student trials on any node read them
+    from there, not from the teacher store."""
+    import ray
+    import torch
+
+    return {tid: ray.put(torch.load(path, map_location="cpu", weights_only=True))
+            for tid, path in dict(teachers.values()).items()}
 
 
 def summary(trials: list[dict[str, Any]], gains: list[dict[str, Any]], wall_s: float) -> str:

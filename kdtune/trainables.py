@@ -31,21 +31,40 @@ from kdtune.models import build_model
 from kdtune.spec import DatasetSpec, StudySpec
 
 _SPLITS_CACHE: dict[tuple[str, str], Splits] = {}
-_TEACHER_CACHE: dict[tuple[str, float, str], torch.nn.Module] = {}
+_TEACHER_CACHE: dict[tuple[str, str], torch.nn.Module] = {}
+# a reused worker keeps the last few datasets and teachers; older runs' ones are dropped
+_CACHE_SIZE = 4
 
 TEACHER_FILE = "teacher.pt"
 
 
-def dataset_splits(dataset: DatasetSpec, device: torch.device) -> Splits:
-    """Load a dataset once per worker process (Ray reuses workers between trials)."""
-    key = (dataset.model_dump_json(), str(device))
-    if key not in _SPLITS_CACHE:
+def _cached(cache: dict, key: tuple, make: Any) -> Any:
+    if key not in cache:
+        while len(cache) >= _CACHE_SIZE:
+            cache.pop(next(iter(cache)))
+        cache[key] = make()
+    return cache[key]
+
+
+def dataset_splits(dataset: DatasetSpec, device: torch.device, ref: Any = None) -> Splits:
+    """A dataset's splits on ``device``, once per worker process (Ray reuses workers).
+
+    ``ref`` is the object-store copy the driver put there (no data folder needed on this node);
+    without it (outside Ray) the dataset is loaded from its source.
+    """
+    def make() -> Splits:
+        if ref is not None:
+            import ray
+
+            return ray.get(ref).to(device)
         fractions = None if dataset.split == "paper" else tuple(dataset.split)
         kwargs = {"fractions": fractions} if fractions else {}
-        splits = load_splits(dataset.name, data_dir=dataset.data_dir, download=dataset.download,
-                             split_seed=dataset.split_seed, max_train=dataset.max_train, **kwargs)
-        _SPLITS_CACHE[key] = splits.to(device)
-    return _SPLITS_CACHE[key]
+        return load_splits(dataset.name, data_dir=dataset.data_dir, download=dataset.download,
+                           split_seed=dataset.split_seed, max_train=dataset.max_train,
+                           **kwargs).to(device)
+
+    key = (ref.hex() if ref is not None else dataset.model_dump_json(), str(device))
+    return _cached(_SPLITS_CACHE, key, make)
 
 
 def teacher_path(storage: str | Path, teacher_id: str) -> Path:
@@ -65,15 +84,23 @@ def save_atomic(obj: Any, path: Path) -> None:
         raise
 
 
-def load_teacher(spec: StudySpec, path: Path, splits: Splits, device: torch.device) -> torch.nn.Module:
-    key = (str(path), path.stat().st_mtime, str(device))
-    if key not in _TEACHER_CACHE:
+def load_teacher(spec: StudySpec, path: Path, splits: Splits, device: torch.device,
+                 ref: Any = None) -> torch.nn.Module:
+    """The pretrained teacher, from the object store (``ref``) or else from its file."""
+    def make() -> torch.nn.Module:
         teacher = build_model(spec.teacher.arch, splits.channels, splits.num_classes,
                               splits.image_size, spec.teacher.options)
-        state = torch.load(path, map_location=device, weights_only=True)
+        if ref is not None:
+            import ray
+
+            state = ray.get(ref)
+        else:
+            state = torch.load(path, map_location=device, weights_only=True)
         teacher.load_state_dict(state["model"])
-        _TEACHER_CACHE[key] = teacher.to(device).eval()
-    return _TEACHER_CACHE[key]
+        return teacher.to(device).eval()
+
+    key = (ref.hex() if ref is not None else f"{path}@{path.stat().st_mtime}", str(device))
+    return _cached(_TEACHER_CACHE, key, make)
 
 
 def _budget(spec: StudySpec, epochs: int, config: dict[str, Any]) -> Budget:
@@ -124,15 +151,16 @@ def _inject_fault(config: dict[str, Any], epoch: int) -> None:
         os._exit(137)
 
 
-def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool) -> None:
+def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool,
+         data: list[Any] | None = None, teachers: dict[str, Any] | None = None) -> None:
     from ray import tune
 
     config = flat_config(config)
     started = time.perf_counter()
     torch.set_num_threads(max(1, int(config.get("cpus", 1))))
     device = pick_device(float(config.get("gpus", 0)))
-    dataset = spec.datasets[int(config["dataset_index"])]
-    splits = dataset_splits(dataset, device)
+    index = int(config["dataset_index"])
+    splits = dataset_splits(spec.datasets[index], device, data[index] if data else None)
     seed = int(config["seed"])
     torch.manual_seed(seed)
     arch = spec.teacher if is_teacher else spec.student
@@ -142,7 +170,8 @@ def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool) -> None:
     if is_teacher or config["method"] == "scratch":
         distiller = Scratch(model)
     else:
-        teacher = load_teacher(spec, Path(config["teacher_path"]), splits, device)
+        teacher = load_teacher(spec, Path(config["teacher_path"]), splits, device,
+                               (teachers or {}).get(config["teacher_id"]))
         distiller = build_distiller(config["method"], model, teacher, config,
                                     student_arch=spec.student.arch, teacher_arch=spec.teacher.arch,
                                     example=splits.train_x[:2].float()).to(device)
@@ -183,12 +212,20 @@ def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool) -> None:
                      "wall_s": time.perf_counter() - started})
 
 
-def train_teacher(config: dict[str, Any], spec: StudySpec) -> None:
-    """Pretrain one teacher and save it to the study's teacher store."""
-    _run(config, spec, is_teacher=True)
+def train_teacher(config: dict[str, Any], spec: StudySpec, data: list[Any] | None = None) -> None:
+    """Pretrain one teacher and save it to the study's teacher store.
+
+    ``data``: object refs of the datasets' splits (``tune.with_parameters``), by dataset index.
+    """
+    _run(config, spec, is_teacher=True, data=data)
 
 
-def train_student(config: dict[str, Any], spec: StudySpec) -> None:
-    """Train a student: from scratch, or distilled from the stored teacher (``config['method']``)."""
-    _run(config, spec, is_teacher=False)
+def train_student(config: dict[str, Any], spec: StudySpec, data: list[Any] | None = None,
+                  teachers: dict[str, Any] | None = None) -> None:
+    """Train a student: from scratch, or distilled from the stored teacher (``config['method']``).
+
+    ``data`` as for :func:`train_teacher`; ``teachers``: object refs of the teachers' weights by
+    teacher id (absent outside Ray: the teacher is read from its file).
+    """
+    _run(config, spec, is_teacher=False, data=data, teachers=teachers)
 
