@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import yaml
@@ -39,6 +39,9 @@ from kdtune.results import (
 )
 from kdtune.spec import DatasetSpec, StudySpec, parse_spec
 from kdtune.trainables import flat_config, teacher_path
+
+if TYPE_CHECKING:
+    from kdtune.multisearch import SearchPart
 
 DATASETS_FILE = "datasets.parquet"
 SPEC_FILE = "spec.yaml"
@@ -147,24 +150,29 @@ def _write_json_atomic(data: dict[str, Any], path: Path) -> None:
 # ----------------------------------------------------------------------------- Tune glue
 
 def _tune_callback(store: ResultsStore, spec: StudySpec, stage: str, role: str,
-                   expected: int, log: Callable[[str], None]):
+                   expected: int | dict[str, int], log: Callable[[str], None]):
+    """The driver-side callback of one Tuner. ``stage`` and ``role`` are defaults: a trial
+    whose config names its own (several searches and the final runs share a Tuner) keeps them;
+    ``expected`` counts the trials of each stage, for the progress lines."""
     from ray.tune import Callback
 
     labels = [ds.label for ds in spec.datasets]
+    totals = expected if isinstance(expected, dict) else {stage: expected}
 
     class Recorder(Callback):
         """Writes each finished trial to Parquet at once and prints progress."""
 
         def __init__(self) -> None:
-            self.done = 0
-            self.best: float | None = None
+            self.done: dict[str, int] = {}
+            self.best: dict[str, float] = {}
 
         def _base(self, trial) -> dict[str, Any]:
             c = flat_config(trial.config)
-            return {"study": spec.study, "run_id": store.run_dir.name, "stage": stage,
-                    "trial_id": f"{stage}:{trial.trial_id}",
+            own = c.get("stage", stage)
+            return {"study": spec.study, "run_id": store.run_dir.name, "stage": own,
+                    "trial_id": f"{own}:{trial.trial_id}",
                     "dataset": labels[int(c["dataset_index"])], "method": c["method"],
-                    "role": role, "seed": int(c["seed"])}
+                    "role": c.get("role", role), "seed": int(c["seed"])}
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if "epoch" not in result:
@@ -173,13 +181,14 @@ def _tune_callback(store: ResultsStore, spec: StudySpec, stage: str, role: str,
                 "epoch", "train_loss", "loss_ce", "loss_kd", "loss_hint", "val_acc", "epoch_s",
                 "wall_s")}
             store.add_epoch(row)
-            if role == "teacher":
-                log(f"  [{stage}] {row['dataset']} teacher epoch {row['epoch']}/"
+            if row["role"] == "teacher":
+                log(f"  [{row['stage']}] {row['dataset']} teacher epoch {row['epoch']}/"
                     f"{spec.training.teacher_epochs}: val {row['val_acc']:.1f}%")
 
         def _finish(self, trial, status: str | None, failure: str | None) -> None:
             c, last = flat_config(trial.config), trial.last_result or {}
-            budget = (spec.training.teacher_epochs if role == "teacher"
+            base = self._base(trial)
+            budget = (spec.training.teacher_epochs if base["role"] == "teacher"
                       else spec.training.student_epochs)
             epochs_run = int(last.get("epoch") or 0)
             if status is None:
@@ -187,7 +196,7 @@ def _tune_callback(store: ResultsStore, spec: StudySpec, stage: str, role: str,
                     status, failure = "failed", last.get("failure")
                 else:
                     status = "finished" if epochs_run >= budget else "stopped"
-            row = self._base(trial) | {
+            row = base | {
                 "alpha": c.get("alpha"), "tau": c.get("tau"), "hint_layer": c.get("hint_layer"),
                 "beta": c.get("beta"), "lr": float(c.get("lr", spec.training.lr)),
                 "config_json": json.dumps({k: v for k, v in sorted(c.items())
@@ -200,17 +209,20 @@ def _tune_callback(store: ResultsStore, spec: StudySpec, stage: str, role: str,
                 "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             }
             store.finish_trial(row)
-            self.done += 1
+            own = row["stage"]
+            self.done[own] = self.done.get(own, 0) + 1
             if row["val_acc"] is not None and status == "finished":
-                self.best = max(self.best or 0.0, row["val_acc"])
+                self.best[own] = max(self.best.get(own, 0.0), row["val_acc"])
             hp = " ".join(f"{k}={row[k]:.3g}" if isinstance(row[k], float) else f"{k}={row[k]}"
                           for k in ("alpha", "tau", "hint_layer", "lr") if row[k] is not None
                           and (k != "lr" or spec.search.lr))
             val = f"val {row['val_acc']:.1f}%" if row["val_acc"] is not None else "no val"
-            best = f" (best {self.best:.1f}%)" if self.best is not None and role == "search" else ""
+            best = (f" (best {self.best[own]:.1f}%)" if own in self.best
+                    and row["role"] == "search" else "")
             why = f" [{status}: {failure}]" if failure else (" [stopped early]" if status == "stopped" else "")
             why += f" [restarted {row['restarts']}x from its checkpoint]" if row["restarts"] else ""
-            log(f"  [{stage}] {self.done}/{expected} {row['dataset']} {row['method']} seed "
+            log(f"  [{own}] {self.done[own]}/{totals.get(own, '?')} {row['dataset']} "
+                f"{row['method']} seed "
                 f"{row['seed']}: {val}{best} after {epochs_run} epochs, "
                 f"{row['wall_s'] or 0:.0f}s {hp}{why}")
 
@@ -461,8 +473,9 @@ class Study:
 
         stage = "teachers"
         trial_id = f"{stage}:reused:{tid}"
-        if any(r["trial_id"] == trial_id for r in self.store.trials):
-            return
+        if any(r["trial_id"] == trial_id or (r["role"] == "teacher" and r["teacher_id"] == tid)
+               for r in self.store.trials):
+            return  # this run trained it (and was resumed), or already recorded its reuse
         state = torch.load(path, map_location="cpu", weights_only=True)
         self.store.finish_trial({
             "study": self.spec.study, "run_id": self.run_dir.name, "stage": stage,
@@ -474,61 +487,78 @@ class Study:
             "epochs_budget": self.spec.training.teacher_epochs, "status": "reused",
             "wall_s": 0.0, "teacher_id": tid})
 
-    def _search(self, index: int, method: str, teacher: tuple[str, Path]) -> None:
+    def _search_part(self, index: int, method: str, teacher: tuple[str, Path],
+                     teachers: dict[int, tuple[str, Path]]) -> SearchPart:
+        """The Optuna search of one (dataset, method), as much of it as is not done yet."""
+        from kdtune.multisearch import SearchPart
         from kdtune.search import make_searcher
-        from kdtune.trainables import train_student
 
         spec, ds = self.spec, self.spec.datasets[index]
         stage = f"search-{ds.label}-{method}".replace("[", "_").replace("]", "").replace("=", "")
         done = [r for r in self.store.trials if r["stage"] == stage]
-        remaining = spec.search.trials - len(done)
-        if remaining <= 0:
+        remaining = max(0, spec.search.trials - len(done))
+        if remaining:
+            self.log(f"stage {stage}: {remaining} Optuna trial(s)"
+                     + (f" ({len(done)} already done)" if done else ""))
+        else:
             self.log(f"stage {stage}: all {spec.search.trials} trials already in the results")
-            return
-        self.log(f"stage {stage}: {remaining} Optuna trial(s)"
-                 + (f" ({len(done)} already done)" if done else ""))
         searcher = make_searcher(spec, method, self.run_dir / "optuna" / "journal.log",
                                  stage, seed=spec.search.sampler_seed + index)
         constants = {"dataset_index": index, "method": method, "role": "search",
                      "seed": spec.final.seeds[0], "teacher_id": teacher[0],
                      "teacher_path": str(teacher[1]), **self._cpus_gpus(method)}
-        callback = _tune_callback(self.store, spec, stage, "search", remaining, self.log)
-        _fit(train_student, spec, self.run_dir, stage, constants, remaining, callback,
-             searcher=searcher, scheduler=_asha(spec), plan=self.plan, data=self._data_refs,
-             teachers=self._teacher_refs)
+        return SearchPart(stage, searcher, remaining, constants,
+                          finals=lambda: self._final_jobs(index, method, teachers))
 
-    def _final(self, teachers: dict[int, tuple[str, Path]]) -> None:
-        from ray import tune
+    def _final_jobs(self, index: int, method: str,
+                    teachers: dict[int, tuple[str, Path]]) -> list[dict[str, Any]]:
+        """The best search trial of (dataset, method) (on validation), retrained on each seed
+        not yet finished; called once that search is done."""
+        spec, ds = self.spec, self.spec.datasets[index]
+        best = best_search_trial(self.store.trials, ds.label, method)
+        if best is None:
+            self.log(f"final: no finished search trial for {ds.label} {method}; skipped")
+            return []
+        config = {k: v for k, v in json.loads(best["config_json"]).items()
+                  if k in ("alpha", "tau", "hint_layer", "beta", "lr")}
+        jobs = [config | {"dataset_index": index, "method": method, "role": "final",
+                          "stage": "final", "seed": seed,
+                          "teacher_id": teachers.get(index, ("", ""))[0],
+                          "teacher_path": str(teachers.get(index, ("", ""))[1]),
+                          "selected_from": best["trial_id"], **self._cpus_gpus(method)}
+                for seed in spec.final.seeds
+                if not self.store.finished(role="final", dataset=ds.label, method=method,
+                                           seed=seed)]
+        if jobs:
+            self.log(f"final {ds.label} {method}: {best['trial_id']} (val "
+                     f"{best['val_acc']:.1f}%) on seeds {[j['seed'] for j in jobs]}")
+        return jobs
 
+    def _students(self, teachers: dict[int, tuple[str, Path]]) -> None:
+        """Every search, and the final runs of each search's best config, in one Tuner: no
+        stage barrier, and trial workers stay warm from the first search to the last run."""
+        from kdtune.multisearch import PerStageASHA, StudySearcher
         from kdtune.trainables import train_student
 
         spec = self.spec
-        jobs = []
-        for index, ds in enumerate(spec.datasets):
-            for method in spec.methods:
-                best = best_search_trial(self.store.trials, ds.label, method)
-                if best is None:
-                    self.log(f"final: no finished search trial for {ds.label} {method}; skipped")
-                    continue
-                config = {k: v for k, v in json.loads(best["config_json"]).items()
-                          if k in ("alpha", "tau", "hint_layer", "beta", "lr")}
-                for seed in spec.final.seeds:
-                    if self.store.finished(role="final", dataset=ds.label, method=method,
-                                           seed=seed):
-                        continue
-                    jobs.append(config | {
-                        "dataset_index": index, "method": method, "role": "final",
-                        "seed": seed, "teacher_id": teachers.get(index, ("", ""))[0],
-                        "teacher_path": str(teachers.get(index, ("", ""))[1]),
-                        "selected_from": best["trial_id"], **self._cpus_gpus(method)})
-        if not jobs:
+        parts = [self._search_part(index, method, teachers.get(index, ("", Path())), teachers)
+                 for index in range(len(spec.datasets)) for method in spec.methods]
+        finals = sum(1 for index, ds in enumerate(spec.datasets) for method in spec.methods
+                     for seed in spec.final.seeds
+                     if not self.store.finished(role="final", dataset=ds.label, method=method,
+                                                seed=seed))
+        searches = sum(p.trials for p in parts)
+        if not searches and not finals:
             self.log("stage final: nothing left to run")
             return
-        self.log(f"stage final: {len(jobs)} trainings (best config per dataset and method "
-                 f"x seeds {spec.final.seeds})")
-        callback = _tune_callback(self.store, spec, "final", "final", len(jobs), self.log)
-        _fit(train_student, spec, self.run_dir, "final",
-             {"job": tune.grid_search(jobs)}, 1, callback, plan=self.plan,
+        self.log(f"stage final: up to {finals} trainings (best config per dataset and method "
+                 f"x seeds {spec.final.seeds}), each search's as soon as it is done")
+        expected = {p.stage: p.trials for p in parts} | {"final": finals}
+        callback = _tune_callback(self.store, spec, "final", "final", expected, self.log)
+        asha = _asha(spec)
+        _fit(train_student, spec, self.run_dir, "students", {}, searches + finals, callback,
+             searcher=StudySearcher(parts),
+             scheduler=PerStageASHA(lambda: _asha(spec)) if asha else None, plan=self.plan,
              data=self._data_refs, teachers=self._teacher_refs)
 
     def run(self, address: str | None = None) -> Path:
@@ -546,10 +576,7 @@ class Study:
             needs_teacher = any(m != "scratch" for m in self.spec.methods)
             teachers = self._teachers() if needs_teacher else {}
             self._teacher_refs = _put_teachers(teachers)
-            for index in range(len(self.spec.datasets)):
-                for method in self.spec.methods:
-                    self._search(index, method, teachers.get(index, ("", Path())))
-            self._final(teachers)
+            self._students(teachers)
         except BaseException:
             self._write_meta("interrupted")
             raise

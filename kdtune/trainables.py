@@ -162,16 +162,20 @@ def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool,
     index = int(config["dataset_index"])
     splits = dataset_splits(spec.datasets[index], device, data[index] if data else None)
     seed = int(config["seed"])
+    teacher = None
+    if not is_teacher and config["method"] != "scratch":
+        # before seeding: building an uncached teacher draws from the global generator, and
+        # whether this worker has it cached must not change the student's initialisation
+        teacher = load_teacher(spec, Path(config["teacher_path"]), splits, device,
+                               (teachers or {}).get(config["teacher_id"]))
     torch.manual_seed(seed)
     arch = spec.teacher if is_teacher else spec.student
     epochs = spec.training.teacher_epochs if is_teacher else spec.training.student_epochs
     model = build_model(arch.arch, splits.channels, splits.num_classes, splits.image_size,
                         arch.options).to(device)
-    if is_teacher or config["method"] == "scratch":
+    if teacher is None:
         distiller = Scratch(model)
     else:
-        teacher = load_teacher(spec, Path(config["teacher_path"]), splits, device,
-                               (teachers or {}).get(config["teacher_id"]))
         distiller = build_distiller(config["method"], model, teacher, config,
                                     student_arch=spec.student.arch, teacher_arch=spec.teacher.arch,
                                     example=splits.train_x[:2].float()).to(device)
