@@ -267,6 +267,19 @@ class ResourcePlan:
     def describe(self) -> str:
         return "; ".join(f"{role} {r.describe()}" for role, r in self.roles.items())
 
+    def slots(self, cluster: ClusterView, cap: int | None = None) -> int:
+        """How many trials the cluster runs at once (of the role that packs best), at most
+        ``cap``: Tune's limit on trials waiting for a worker should not be lower."""
+        def fits(node: NodeView, r: TrialResources) -> int:
+            counts = [node.cpus // r.cpus if r.cpus else math.inf]
+            counts += [node.gpus // r.gpus] if r.gpus else []
+            counts += [node.memory // r.memory] if r.memory else []
+            return int(min(counts)) if min(counts) != math.inf else 1
+
+        best = max((sum(fits(n, r) for n in cluster.nodes) for r in self.roles.values()),
+                   default=1)
+        return max(1, min(best, cap or best))
+
 
 def check_fits(spec: StudySpec, role: str, trial: TrialResources, cluster: ClusterView) -> None:
     """A one-line :class:`ResourceError` if no node of ``cluster`` can run one such trial."""

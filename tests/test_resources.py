@@ -287,3 +287,13 @@ def test_validate_shows_each_roles_request(write_spec, capsys):
     assert main(["validate", str(spec)]) == 0
     assert ("resources per trial: teacher 2 CPU + 1 GPU + 16 GiB; scratch 1 CPU + fit GPU; "
             "student 2 CPU + fit GPU; at most 16 trials at once") in capsys.readouterr().out
+
+
+def test_slots_count_the_trials_a_cluster_runs_at_once(tiny_spec_dict):
+    spec = _spec(tiny_spec_dict, cpus=2, gpus=0.5, teacher={"gpus": 1, "cpus": 4})
+    plan = resolve(spec, ["teacher", "student"], TWO_GPU_NODES, SHAPES, _no_measure)
+    # students pack best: node 1 fits min(8/2, 1/0.5) = 2, node 2 min(16/2, 2/0.5) = 4
+    assert plan.slots(TWO_GPU_NODES) == 6
+    assert plan.slots(TWO_GPU_NODES, cap=3) == 3
+    cpu_plan = resolve(_spec(tiny_spec_dict, cpus=1), ["student"], CPU_ONLY, SHAPES, _no_measure)
+    assert cpu_plan.slots(CPU_ONLY) == 8
