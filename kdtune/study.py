@@ -256,14 +256,16 @@ def _fit(trainable, spec: StudySpec, run_dir: Path, stage: str, param_space: dic
         resources = next(iter(plan.roles.values())).bundle()
     else:  # roles differ: each trial's bundle follows its method
         resources = ResourcesByMethod(plan)
-    # Tune lets a custom searcher have one trial waiting for a worker at a time; with actor
-    # reuse, the trial that waits takes the first worker to come free and the second worker,
-    # still starting (a cold start is slower than a small trial), is dropped: every trial then
-    # ran on one worker, one after another. Let as many wait as the cluster runs at once.
+    # Tune lets a custom searcher have one trial waiting for a worker at a time. With actor
+    # reuse, a waiting trial takes any worker that comes free and the worker started for it,
+    # still starting (a cold start outlasts a small trial), is dropped: every trial then ran on
+    # one worker, one after another. With twice as many waiting as the cluster runs at once,
+    # a free worker mostly goes to a trial that has no worker starting, and the new workers
+    # live. (The per-search concurrency limits still bound what Optuna hands out early.)
     own_pending = "TUNE_MAX_PENDING_TRIALS_PG" not in os.environ
     if own_pending and plan is not None:
         os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(
-            plan.slots(ClusterView.from_ray(), spec.resources.max_concurrent_trials))
+            2 * plan.slots(ClusterView.from_ray(), spec.resources.max_concurrent_trials))
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(trainable, spec=spec, **parameters), resources),
         param_space=param_space,
