@@ -60,12 +60,14 @@ def _run(args: list[str], cluster: LocalCluster, env_extra: dict[str, str] | Non
 def test_a_study_runs_trials_on_both_nodes(two_nodes, tiny_spec_dict, write_spec, tmp_path):
     cluster, nodes = two_nodes
     ip_of = {n["id"]: n["ip"] for n in nodes}
-    # trials long enough (seconds) that the second node's worker is up before the first
-    # node's is free again: with actor reuse, Tune hands a waiting trial to the first worker
-    # that comes free and drops one still starting, so sub-second trials all run on one node
+    # trials longer than a worker's cold start (a process importing torch: up to ~20 s on a
+    # loaded machine): with actor reuse, Tune hands a waiting trial to the first worker that
+    # comes free and drops a worker still starting, so trials of a few seconds can all run
+    # on whichever node's worker came up first
     tiny_spec_dict.update(methods=["scratch", "rkd"])
-    tiny_spec_dict["datasets"][0]["max_train"] = 1000
-    tiny_spec_dict["training"]["student_epochs"] = 12
+    tiny_spec_dict["datasets"][0].pop("max_train")
+    tiny_spec_dict["student"]["options"]["widths"] = [8, 16]
+    tiny_spec_dict["training"]["student_epochs"] = 30
     tiny_spec_dict["search"]["trials"] = 3
     storage = tmp_path / "shared"
     proc = _run(["run", str(write_spec(tiny_spec_dict)), "--storage", str(storage),
