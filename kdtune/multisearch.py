@@ -91,9 +91,17 @@ class StudySearcher(Searcher):
             part.searcher.on_trial_complete(trial_id, result=result, error=error)
             part.running.discard(trial_id)
 
+    # Nothing to save: a resumed run rebuilds its searches from trials.parquet and the Optuna
+    # journal, not from Tune's experiment state (also when Tune wraps this searcher in a
+    # ConcurrencyLimiter for max_concurrent_trials, whose save() calls ours).
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
-        """Nothing to save: a resumed run rebuilds its searches from trials.parquet and the
-        Optuna journal, not from Tune's experiment state."""
+        pass
+
+    def save(self, checkpoint_path: str) -> None:
+        pass
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
 
 
 class PerStageASHA(FIFOScheduler):

@@ -142,6 +142,7 @@ class Shape:
     channels: int
     image_size: int
     num_classes: int
+    data_bytes: int = 0  # the splits a trial keeps on its device, beside the training step
 
 
 def probes_for(spec: StudySpec, roles: Iterable[str]) -> list[MemoryProbe]:
@@ -337,13 +338,16 @@ def resolve(spec: StudySpec, roles: Iterable[str], cluster: ClusterView, shapes:
                                p.dataset_index, "hint_layer": p.hint_layer, "peak_bytes": b}
                               for p, b in zip(probes, peaks)]}
         for role in to_fit:
-            peak = max(b for p, b in zip(probes, peaks) if p.role == role)
+            # a trial holds its dataset's splits on the GPU for its whole life
+            peak = max(b + shapes[p.dataset_index].data_bytes
+                       for p, b in zip(probes, peaks) if p.role == role)
             try:
                 share = fit_fraction(peak, total)
             except ResourceError as error:
                 raise ResourceError(f"{res.field_name(role, 'gpus')}: {role} trials: "
                                     f"{error}") from None
-            shares[role] = (share, f"fit: {_gib(peak)} peak per step on a {_gib(total)} {name}")
+            shares[role] = (share, f"fit: {_gib(peak)} peak per trial on a {_gib(total)} "
+                                   f"{name}")
     plan = {}
     for role, (cpus, gpus) in asked.items():
         if role in shares:

@@ -609,11 +609,17 @@ def plan_resources(spec: StudySpec, splits: list[Splits],
     """Each role's resources on the connected cluster (``gpus: fit`` measures here)."""
     train_teacher = any(m != "scratch" for m in spec.methods) and not all(
         teacher_path(spec.storage, spec.teacher_id(ds)).exists() for ds in spec.datasets)
-    shapes = [Shape(s.channels, s.image_size, s.num_classes) for s in splits]
+    shapes = [Shape(s.channels, s.image_size, s.num_classes, splits_bytes(s)) for s in splits]
     plan = resolve(spec, roles_needed(spec, train_teacher), ClusterView.from_ray(), shapes,
                    log=log)
     log(f"resources per trial: {plan.describe()}")
     return plan
+
+
+def splits_bytes(splits: Splits) -> int:
+    """Bytes a trial's copy of a dataset's splits takes on its device."""
+    return sum(getattr(splits, k).nbytes for k in ("train_x", "train_y", "val_x", "val_y",
+                                                    "test_x", "test_y"))
 
 
 def _put_teachers(teachers: dict[int, tuple[str, Path]]) -> dict[str, Any]:

@@ -153,7 +153,7 @@ def test_fit_uses_each_roles_largest_peak(tiny_spec_dict):
     assert plan.roles["teacher"].gpus == 1.0
     assert plan.roles["scratch"].gpus == fit_fraction(GiB, 40 * GiB) == 0.0625
     assert plan.roles["student"].gpus == fit_fraction(4 * GiB, 40 * GiB) == 0.1666  # 6 x 5.6 GiB
-    assert "fit: 4 GiB peak" in plan.roles["student"].how
+    assert "fit: 4 GiB peak per trial" in plan.roles["student"].how
     assert plan.measured["gpu"] == "Test GPU" and len(plan.measured["peaks"]) == len(seen)
     assert plan.for_method("ikd") == plan.roles["student"]
 
@@ -297,3 +297,12 @@ def test_slots_count_the_trials_a_cluster_runs_at_once(tiny_spec_dict):
     assert plan.slots(TWO_GPU_NODES, cap=3) == 3
     cpu_plan = resolve(_spec(tiny_spec_dict, cpus=1), ["student"], CPU_ONLY, SHAPES, _no_measure)
     assert cpu_plan.slots(CPU_ONLY) == 8
+
+
+def test_fit_counts_the_dataset_each_trial_keeps_on_the_gpu(tiny_spec_dict):
+    spec = _spec(tiny_spec_dict, gpus="fit")
+    shapes = [Shape(3, 32, 10, data_bytes=2 * GiB)]
+    plan = resolve(spec, ["scratch"], TWO_GPU_NODES, shapes,
+                   lambda s, probes, sh: ([GiB] * len(probes), 16 * GiB, "G"))
+    assert plan.roles["scratch"].gpus == fit_fraction(3 * GiB, 16 * GiB) == 0.3333
+    assert fit_fraction(GiB, 16 * GiB) == 0.125  # what the step alone would have got
