@@ -306,3 +306,33 @@ def test_fit_counts_the_dataset_each_trial_keeps_on_the_gpu(tiny_spec_dict):
                    lambda s, probes, sh: ([GiB] * len(probes), 16 * GiB, "G"))
     assert plan.roles["scratch"].gpus == fit_fraction(3 * GiB, 16 * GiB) == 0.3333
     assert fit_fraction(GiB, 16 * GiB) == 0.125  # what the step alone would have got
+
+
+@pytest.mark.slow
+def test_max_concurrent_trials_caps_a_stage(tiny_spec_dict, write_spec, tmp_path, _ray_shutdown):
+    """Tune wraps the study's searcher in a ConcurrencyLimiter: the run still completes."""
+    import pyarrow.parquet as pq
+
+    from kdtune.cli import main
+
+    tiny_spec_dict.update(methods=["scratch", "rkd"], final={"seeds": [0]})
+    tiny_spec_dict["search"]["trials"] = 2
+    tiny_spec_dict["resources"] = {"cpus": 1, "max_concurrent_trials": 1,
+                                   "teacher": {"cpus": 2}}
+    storage = tmp_path / "runs"
+    assert main(["run", str(write_spec(tiny_spec_dict)), "--storage", str(storage)]) == 0
+    (run_dir,) = storage.glob("tiny-*")
+    rows = pq.read_table(run_dir / "trials.parquet").to_pylist()
+    assert len(rows) == 1 + 2 * 2 + 2 and all(r["status"] == "finished" for r in rows)
+    # one trial at a time: no two student trials overlap
+    import json
+
+    spans = []
+    for result in (run_dir / "tune" / "students").glob("*/result.json"):
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        spans.append((lines[0]["timestamp"] - lines[0]["time_this_iter_s"],
+                      lines[-1]["timestamp"]))
+    spans.sort()
+    assert all(later[0] >= earlier[1] - 1 for earlier, later in zip(spans, spans[1:]))
+    teacher = next(r for r in rows if r["role"] == "teacher")
+    assert json.loads(teacher["config_json"])["cpus"] == 2.0  # the teacher's own resources
