@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 EXAMPLES = """\
@@ -13,6 +14,9 @@ examples:
   kdtune run spec.yaml --address auto         run it on the Ray cluster this node belongs to
   kdtune resume runs/quickstart-20261121-101500
   kdtune report runs/quickstart-20261121-101500 --out reports/quickstart.html
+  kdtune report runs/quickstart-... runs/knobs-... --out reports/compare.html
+  kdtune complexity fashion_mnist --knob label_noise=0.2 --json
+  kdtune models --image-size 28 --channels 1  architectures with parameters and FLOPs
 
 A run directory holds spec.yaml, run.json, trials.parquet (one row per trial),
 epochs.parquet (one row per trial and epoch), gains.parquet, datasets.parquet, report.html,
@@ -58,11 +62,41 @@ def _parser() -> argparse.ArgumentParser:
                               "it is valid, 2 with a one-line message naming the field if not.")
     validate.add_argument("spec")
 
+    cx = sub.add_parser("complexity", help="measure a dataset's complexity (score in [0, 1])",
+                        description="Load a dataset (optionally a knob variant of it) and print "
+                        "its descriptors, measured properties and complexity score; the formula "
+                        "is in kdtune/complexity.py and the README.")
+    cx.add_argument("dataset", help="a dataset name (digits, mnist, fashion_mnist, usps, "
+                    "cifar10, cifar100, imagefolder)")
+    cx.add_argument("--data-dir", metavar="DIR", help="a local copy in torchvision's layout")
+    cx.add_argument("--path", metavar="DIR", help="the folder of an imagefolder dataset")
+    cx.add_argument("--download", action="store_true", help="let torchvision download it")
+    cx.add_argument("--knob", metavar="KEY=VALUE", action="append", default=[],
+                    help="a knob or dataset field, e.g. label_noise=0.2, max_train=300, "
+                         "classes=[0,1,2], split_seed=1 (repeatable)")
+    cx.add_argument("--json", action="store_true", help="print JSON with a top-level 'score'")
+
     report = sub.add_parser("report", help="(re)build the HTML report of a run directory",
                             description="Build a self-contained HTML report (opens offline) "
-                            "from a run directory's Parquet files alone.")
-    report.add_argument("run_dir")
-    report.add_argument("--out", metavar="FILE", help="output file (default RUN_DIR/report.html)")
+                            "from a run directory's files alone: overview, the core study's "
+                            "tables, gain surfaces over (alpha, tau), gain against dataset "
+                            "complexity, parameter importance, learning curves and every "
+                            "trial. Several run directories are overlaid in one page "
+                            "(comparison mode; needs --out).")
+    report.add_argument("run_dir", nargs="+", metavar="RUN_DIR")
+    report.add_argument("--out", metavar="FILE",
+                        help="output file (default RUN_DIR/report.html; required for several)")
+
+    models = sub.add_parser("models", help="list the teacher/student architectures",
+                            description="List every architecture a spec can name, with its "
+                            "parameter count, forward FLOPs per image and hint-layer taps, at a "
+                            "given input size (default options).")
+    models.add_argument("--image-size", type=int, default=32, metavar="N",
+                        help="input height and width in pixels (default 32)")
+    models.add_argument("--channels", type=int, default=3, metavar="C",
+                        help="input channels (default 3)")
+    models.add_argument("--classes", type=int, default=10, metavar="K",
+                        help="number of classes (default 10)")
     return parser
 
 
@@ -71,7 +105,8 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
-def _plan(spec) -> str:
+def _plan(spec, compute: bool = False) -> str:
+    from kdtune.methods import teacher_sources
     from kdtune.resources import requested
     from kdtune.search import searched_dimensions
 
@@ -79,25 +114,77 @@ def _plan(spec) -> str:
              f"{', '.join(spec.methods)}; teacher {spec.teacher.label} "
              f"({spec.training.teacher_epochs} epochs) -> student {spec.student.label} "
              f"({spec.training.student_epochs} epochs)"]
-    n_teachers = len(spec.datasets) if any(m != "scratch" for m in spec.methods) else 0
+    # the spec's teacher, plus a pretrained student-architecture model for self/reversed
+    n_teachers = len(spec.datasets) * len(teacher_sources(spec))
     n_search = len(spec.datasets) * len(spec.methods) * spec.search.trials
     n_final = len(spec.datasets) * len(spec.methods) * len(spec.final.seeds)
     for method in spec.methods:
         dims = searched_dimensions(spec, method)
         lines.append(f"  {method}: {spec.search.trials} Optuna trials per dataset over "
                      f"{', '.join(dims) if dims else 'no dimension (fixed config, repeated)'}")
+    if spec.distillation.omit_class is not None:
+        lines.append(f"  omit-one-class: students train and validate without class "
+                     f"{spec.distillation.omit_class}; test accuracy on it is reported")
     epochs = (n_teachers * spec.training.teacher_epochs
               + (n_search + n_final) * spec.training.student_epochs)
     lines.append(f"  plan: {n_teachers} teacher(s) (reused if already stored), {n_search} search "
                  f"trials, {n_final} final trainings (seeds {spec.final.seeds}); at most "
                  f"{epochs} training epochs; ASHA {'on' if spec.scheduler.asha else 'off'}")
     lines.append(f"  resources per trial: {requested(spec)}")
+    if compute:
+        from kdtune.estimate import estimate
+
+        lines += estimate(spec)
     return "\n".join(lines)
+
+
+def _complexity(args: argparse.Namespace) -> int:
+    import json
+
+    import yaml
+    from pydantic import ValidationError
+
+    from kdtune.complexity import format_table, measure
+    from kdtune.data import DatasetError
+    from kdtune.spec import DatasetSpec, _format_validation_error
+
+    fields: dict = {"name": args.dataset, "path": args.path, "data_dir": args.data_dir,
+                    "download": args.download}
+    for item in args.knob:
+        key, sep, value = item.partition("=")
+        if not sep:
+            return _fail(f"--knob {item}: expected KEY=VALUE")
+        fields[key.strip()] = yaml.safe_load(value)
+    try:
+        ds = DatasetSpec.model_validate(fields)
+        cx = measure(ds.load(), ds.label)
+    except ValidationError as error:
+        return _fail(_format_validation_error(error))
+    except DatasetError as error:
+        return _fail(str(error))
+    print(json.dumps(cx.to_dict(), indent=2) if args.json else format_table(cx))
+    return 0
+
+
+def _report(run_dirs: list[str], out: str | None) -> int:
+    from kdtune.report import ReportError, build_report
+
+    try:
+        started = time.perf_counter()
+        path = build_report(run_dirs, out)
+    except ReportError as error:
+        return _fail(str(error))
+    print(path)  # alone on stdout, for scripts
+    print(f"report: {path.stat().st_size / 1e6:.1f} MB, built in "
+          f"{time.perf_counter() - started:.1f}s", file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from kdtune.spec import SpecError, load_spec
+    if args.command == "report":
+        return _report(args.run_dir, args.out)
+    from kdtune.spec import SpecError, load_spec  # imports torch: seconds the report never needs
 
     if args.command == "validate":
         try:
@@ -105,20 +192,23 @@ def main(argv: list[str] | None = None) -> int:
         except SpecError as error:
             return _fail(str(error))
         print(f"{args.spec}: valid")
-        print(_plan(spec))
+        print(_plan(spec, compute=True))
         return 0
 
-    if args.command == "report":
-        from kdtune.report import ReportError, build_report
+    if args.command == "complexity":
+        return _complexity(args)
 
-        try:
-            print(build_report(args.run_dir, args.out))
-        except ReportError as error:
-            return _fail(str(error))
+    if args.command == "models":
+        from kdtune.models import format_model_table, model_table
+
+        if min(args.image_size, args.channels, args.classes) < 1:
+            return _fail("--image-size, --channels and --classes must be positive")
+        print(format_model_table(model_table(args.image_size, args.channels, args.classes),
+                                 args.image_size, args.channels, args.classes))
         return 0
 
     from kdtune.cluster import ClusterError, cluster_address
-    from kdtune.data import DatasetUnavailable
+    from kdtune.data import DatasetError
     from kdtune.resources import ResourceError
     from kdtune.study import StorageError, Study, StudyError, resolve_paths, stop_on_sigterm
 
@@ -137,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         study.run(address=args.address)
         print(study.run_dir)
         return 0
-    except (SpecError, StorageError, DatasetUnavailable, ResourceError, ClusterError) as error:
+    except (SpecError, StorageError, DatasetError, ResourceError, ClusterError) as error:
         return _fail(str(error))
     except StudyError as error:
         return _fail(str(error), 1)

@@ -33,6 +33,7 @@ class Budget:
     momentum: float = 0.9
     weight_decay: float = 0.0
     augmentation: str = "none"
+    aug_share: float = 1.0  # fraction of each batch the policy augments
     amp: bool = True
 
 
@@ -89,6 +90,23 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, split
     return 100.0 * correct / max(1, len(labels))
 
 
+@torch.no_grad()
+def class_accuracies(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                     splits: Splits, batch_size: int = 512, amp: bool = True) -> dict[int, float]:
+    """Top-1 accuracy in percent per class present in ``labels`` (the omit-one-class report)."""
+    was_training = model.training
+    model.eval()
+    predictions = []
+    for start in range(0, len(labels), batch_size):
+        x = normalize(images[start:start + batch_size], splits.mean, splits.std)
+        with _autocast(x.device, amp):
+            predictions.append(model(x).argmax(1))
+    model.train(was_training)
+    correct = torch.cat(predictions) == labels
+    return {int(c): 100.0 * float(correct[labels == c].float().mean())
+            for c in torch.unique(labels).tolist()}
+
+
 def train_epochs(distiller: Distiller, splits: Splits, budget: Budget, *, seed: int,
                  start_epoch: int = 0, optimizer: torch.optim.Optimizer | None = None,
                  generator_state: torch.Tensor | None = None) -> Iterator[EpochReport]:
@@ -108,16 +126,20 @@ def train_epochs(distiller: Distiller, splits: Splits, budget: Budget, *, seed: 
     mean = torch.tensor(splits.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(splits.std, device=device).view(1, -1, 1, 1)
     distiller.train()
+    # row indices go to the distiller only while images are exactly rows of splits.train_x, so a
+    # cache of teacher outputs by row can never serve an augmented image
+    pass_index = budget.augmentation == "none"
     for epoch in range(start_epoch, budget.epochs):
         started = time.perf_counter()
+        distiller.begin_epoch(epoch, budget.epochs)
         sums: dict[str, float] = {}
         seen = 0
         for index in batch_indices(len(splits.train_y), budget.batch_size, generator, device):
             images = splits.train_x[index].float().div_(255.0)
-            images = (augment(images, budget.augmentation, generator) - mean) / std
+            images = (augment(images, budget.augmentation, generator, budget.aug_share) - mean) / std
             labels = splits.train_y[index]
             with _autocast(device, budget.amp):
-                _, losses = distiller(images, labels)
+                _, losses = distiller(images, labels, index if pass_index else None)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"loss became {float(loss)} in epoch {epoch + 1}")
@@ -132,7 +154,8 @@ def train_epochs(distiller: Distiller, splits: Splits, budget: Budget, *, seed: 
         train_loss = sum(mean_losses.values())
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"loss became {train_loss} in epoch {epoch + 1}")
-        val_acc = evaluate(distiller.student, splits.val_x, splits.val_y, splits, amp=budget.amp)
+        val_acc = evaluate(distiller.predictor, splits.val_x, splits.val_y, splits,
+                           amp=budget.amp)
         yield EpochReport(epoch + 1, train_loss, mean_losses, val_acc,
                           time.perf_counter() - started,
                           optimizer=optimizer, generator_state=generator.get_state())

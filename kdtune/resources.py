@@ -46,8 +46,14 @@ class ResourceError(ValueError):
 
 
 def role_of(method: str) -> str:
-    """The resources role of a trial of ``method`` ('teacher' for teacher pretraining)."""
-    return method if method in ("teacher", "scratch") else "student"
+    """The resources role of a trial of ``method``: ``teacher`` for pretraining (the teacher, or
+    the pretrained student that teaches self/reversed), ``scratch`` for a baseline nobody
+    teaches (scratch, reversed_scratch), ``student`` for every distilled student."""
+    from kdtune.methods import METHOD_INFO, PRETRAINED
+
+    if method in PRETRAINED.values():
+        return "teacher"
+    return "scratch" if METHOD_INFO[method].taught_by is None else "student"
 
 
 @dataclass(frozen=True)
@@ -147,15 +153,16 @@ class Shape:
 
 def probes_for(spec: StudySpec, roles: Iterable[str]) -> list[MemoryProbe]:
     """Every (role, method, dataset, hint layer) whose training step may differ in memory."""
+    from kdtune.methods import PRETRAINED, teacher_sources
+
     probes = []
     for index in range(len(spec.datasets)):
         for role in roles:
             if role == "teacher":
-                probes.append(MemoryProbe(role, "teacher", index))
-            elif role == "scratch":
-                probes.append(MemoryProbe(role, "scratch", index))
+                probes.extend(MemoryProbe(role, PRETRAINED[m], index)
+                              for m in teacher_sources(spec))
             else:
-                for method in (m for m in spec.methods if role_of(m) == "student"):
+                for method in (m for m in spec.methods if role_of(m) == role):
                     hints = spec.hint_choices() if method == "ikd" else [None]
                     probes.extend(MemoryProbe(role, method, index, h) for h in hints)
     return probes
@@ -169,6 +176,7 @@ def step_peak_bytes(spec: StudySpec, probe: MemoryProbe, shape: Shape, device: A
 
     from kdtune.distill import Scratch, build_distiller
     from kdtune.engine import Budget, _autocast, make_optimizer
+    from kdtune.methods import trial_models
     from kdtune.models import build_model
 
     cuda = device.type == "cuda"
@@ -176,22 +184,23 @@ def step_peak_bytes(spec: StudySpec, probe: MemoryProbe, shape: Shape, device: A
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     t = spec.training
-    arch = spec.teacher if probe.method == "teacher" else spec.student
+    # the model trained (the teacher architecture for `reversed`) and the one teaching it
+    arch, teacher_arch = trial_models(spec, probe.method)
     model = build_model(arch.arch, shape.channels, shape.num_classes, shape.image_size,
                         arch.options).to(device)
     images = torch.randn(t.batch_size, shape.channels, shape.image_size, shape.image_size,
                          device=device)
     labels = torch.randint(0, shape.num_classes, (t.batch_size,), device=device)
-    if probe.method in ("teacher", "scratch"):
+    if teacher_arch is None:
         distiller = Scratch(model)
     else:
-        teacher = build_model(spec.teacher.arch, shape.channels, shape.num_classes,
-                              shape.image_size, spec.teacher.options).to(device).eval()
+        teacher = build_model(teacher_arch.arch, shape.channels, shape.num_classes,
+                              shape.image_size, teacher_arch.options).to(device).eval()
         d = spec.distillation
         config = {"alpha": d.alpha, "tau": d.tau, "beta": d.beta, "hint_layer": probe.hint_layer}
         distiller = build_distiller(probe.method, model, teacher, config,
-                                    student_arch=spec.student.arch,
-                                    teacher_arch=spec.teacher.arch, example=images[:2]).to(device)
+                                    student_arch=arch.arch, teacher_arch=teacher_arch.arch,
+                                    example=images[:2], num_classes=shape.num_classes).to(device)
     budget = Budget(epochs=1, batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr,
                     momentum=t.momentum, weight_decay=t.weight_decay, amp=t.amp)
     optimizer = make_optimizer([p for p in distiller.parameters() if p.requires_grad], budget)

@@ -31,6 +31,11 @@ TRIAL_SCHEMA = pa.schema([
     ("node_id", pa.string()), ("finished_at", pa.string()),
     # times Ray Tune restarted the trial from its last checkpoint (a worker or node died)
     ("restarts", pa.int64()),
+    # issue 4: the model trained and the model teaching it (they swap for `reversed`), the
+    # omit-one-class experiment, per-class and per-exit (MSKD) test accuracies as JSON objects
+    ("arch", pa.string()), ("teacher_arch", pa.string()), ("omitted_class", pa.int64()),
+    ("omitted_class_acc", pa.float64()), ("class_acc_json", pa.string()),
+    ("exit_acc_json", pa.string()),
 ])
 
 EPOCH_SCHEMA = pa.schema([
@@ -39,6 +44,7 @@ EPOCH_SCHEMA = pa.schema([
     ("seed", pa.int64()), ("epoch", pa.int64()), ("train_loss", pa.float64()),
     ("loss_ce", pa.float64()), ("loss_kd", pa.float64()), ("loss_hint", pa.float64()),
     ("val_acc", pa.float64()), ("epoch_s", pa.float64()), ("wall_s", pa.float64()),
+    ("loss_at", pa.float64()),
 ])
 
 GAIN_SCHEMA = pa.schema([
@@ -48,6 +54,10 @@ GAIN_SCHEMA = pa.schema([
     ("gain_ci_low", pa.float64()), ("gain_ci_high", pa.float64()),
     ("val_acc_mean", pa.float64()), ("alpha", pa.float64()), ("tau", pa.float64()),
     ("hint_layer", pa.string()), ("beta", pa.float64()), ("lr", pa.float64()),
+    # the method the gain is measured against (scratch; reversed_scratch for reversed), and
+    # for omit-one-class studies the omitted class and the mean test accuracy on it
+    ("baseline", pa.string()), ("omitted_class", pa.int64()),
+    ("omitted_class_acc_mean", pa.float64()),
 ])
 
 
@@ -105,9 +115,10 @@ class ResultsStore:
 # ----------------------------------------------------------------------------- statistics
 
 def t_quantile_975(dof: int) -> float:
-    from scipy.stats import t
+    # scipy.special, not scipy.stats: the same quantile without seconds of import time
+    from scipy.special import stdtrit
 
-    return float(t.ppf(0.975, dof))
+    return float(stdtrit(dof, 0.975))
 
 
 def mean_ci(values: list[float]) -> tuple[float, float, float]:
@@ -131,9 +142,11 @@ def _std(values: list[float]) -> float:
 
 
 def compute_gains(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Gain of every method over the scratch student, from the final-evaluation rows.
+    """Gain of every method over its baseline, from the final-evaluation rows.
 
-    ``gain_pts`` = mean test accuracy (method) - mean test accuracy (scratch), in points. The
+    The baseline is ``scratch`` for student methods and ``reversed_scratch`` for ``reversed``
+    (the same architecture on labels alone); ``scratch_test_acc_mean`` holds the baseline's mean.
+    ``gain_pts`` = mean test accuracy (method) - mean test accuracy (baseline), in points. The
     95% interval is a paired Student-t interval over the seeds both ran (same seed, same split,
     same initialisation of the student), which removes the seed-to-seed spread they share.
     """
@@ -145,13 +158,16 @@ def compute_gains(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for r in final:
             if r["dataset"] == dataset:
                 by_method.setdefault(r["method"], {})[r["seed"]] = r
-        scratch = by_method.get("scratch", {})
         for method in sorted(by_method, key=lambda m: (m != "scratch", m)):
+            baseline = baseline_of(method)
+            scratch = by_method.get(baseline or method, {})  # a baseline: its own mean
             rows = by_method[method]
             accs = [r["test_acc"] for r in rows.values()]
             first = next(iter(rows.values()))
             paired = sorted(set(rows) & set(scratch))
-            if method == "scratch" or not paired:
+            omitted = [r["omitted_class_acc"] for r in rows.values()
+                       if r.get("omitted_class_acc") is not None]
+            if baseline is None or not paired:
                 gain = low = high = math.nan
             else:
                 gain, low, high = mean_ci([rows[s]["test_acc"] - scratch[s]["test_acc"]
@@ -164,8 +180,18 @@ def compute_gains(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "gain_pts": gain, "gain_ci_low": low, "gain_ci_high": high,
                 "val_acc_mean": sum(r["val_acc"] for r in rows.values()) / len(rows),
                 **{k: first.get(k) for k in ("alpha", "tau", "hint_layer", "beta", "lr")},
+                "baseline": baseline, "omitted_class": first.get("omitted_class"),
+                "omitted_class_acc_mean": sum(omitted) / len(omitted) if omitted else None,
             })
     return out
+
+
+def baseline_of(method: str) -> str | None:
+    """The method whose test accuracy ``method``'s gain is measured against (None: a baseline)."""
+    from kdtune.methods import METHOD_INFO
+
+    info = METHOD_INFO.get(method)
+    return info.baseline if info else "scratch"
 
 
 def best_search_trial(trials: list[dict[str, Any]], dataset: str,

@@ -1,7 +1,8 @@
 """The Optuna search of one (dataset, method): a define-by-run space behind Ray Tune's OptunaSearch.
 
-Define-by-run lets the space depend on the method: ``hint_layer`` (and ``beta``) exist only for
-``ikd``, ``alpha`` and ``tau`` only for methods that distil. The Optuna study lives in a journal
+Define-by-run lets the space depend on the method (``kdtune.methods.METHOD_INFO[m].searched``):
+``alpha`` and ``tau`` exist only for methods that distil, ``beta`` for ``ikd`` (hint weight) and
+``at`` (attention weight), ``hint_layer`` only for ``ikd``. The Optuna study lives in a journal
 file in the run directory, so a resumed run continues the same TPE study, and parameter
 importance can be computed from it later.
 """
@@ -16,6 +17,7 @@ import optuna
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from kdtune.methods import METHOD_INFO
 from kdtune.spec import StudySpec
 
 PAPER_POINT = {"alpha": 0.7, "tau": 4.0}
@@ -29,18 +31,27 @@ def define_space(trial: optuna.Trial, method: str, space: dict[str, Any]) -> dic
     fixed: dict[str, Any] = {}
     if space.get("lr"):
         trial.suggest_float("lr", *space["lr"], log=True)
-    if method == "scratch":
-        return fixed
+    # augmentation, like lr, is searched for every method alike; the share of each batch that
+    # is augmented exists only when some policy augments
+    policy = space.get("fixed", {}).get("augmentation", "none")
+    if space.get("augmentation"):
+        policy = trial.suggest_categorical("augmentation", space["augmentation"])
+    if space.get("aug_share") and policy != "none":
+        trial.suggest_float("aug_share", *space["aug_share"])
+    dims = METHOD_INFO[method].searched
     for name in ("alpha", "tau"):
+        if name not in dims:
+            continue
         if space.get(name):
             trial.suggest_float(name, *space[name])
         else:
             fixed[name] = space["fixed"][name]
-    if method == "ikd":
+    if "hint_layer" in dims:
         if len(space["hint_layers"]) > 1:
             trial.suggest_categorical("hint_layer", space["hint_layers"])
         else:
             fixed["hint_layer"] = space["hint_layers"][0]
+    if "beta" in dims:
         if space.get("beta"):
             trial.suggest_float("beta", *space["beta"], log=space["beta"][0] > 0)
         else:
@@ -53,19 +64,36 @@ def space_of(spec: StudySpec) -> dict[str, Any]:
     s, d = spec.search, spec.distillation
     return {"lr": s.lr, "alpha": s.alpha, "tau": s.tau, "beta": s.beta,
             "hint_layers": spec.hint_choices(),
-            "fixed": {"alpha": d.alpha, "tau": d.tau, "beta": d.beta}}
+            "augmentation": s.augmentation, "aug_share": s.aug_share,
+            "fixed": {"alpha": d.alpha, "tau": d.tau, "beta": d.beta,
+                      "augmentation": spec.training.augmentation}}
 
 
 def searched_dimensions(spec: StudySpec, method: str) -> list[str]:
     """Names of the hyperparameters Optuna varies for ``method``."""
-    s = spec.search
+    s, own = spec.search, METHOD_INFO[method].searched
     dims = ["lr"] if s.lr else []
-    if method in ("rkd", "ikd"):
-        dims += [name for name in ("alpha", "tau") if getattr(s, name)]
-    if method == "ikd":
+    dims += ["augmentation"] if s.augmentation else []
+    dims += ["aug_share"] if s.aug_share else []
+    dims += [name for name in ("alpha", "tau") if name in own and getattr(s, name)]
+    if "hint_layer" in own:
         dims += ["hint_layer"] if len(spec.hint_choices()) > 1 else []
-        dims += ["beta"] if s.beta else []
+    dims += ["beta"] if "beta" in own and s.beta else []
     return dims
+
+
+def start_points(spec: StudySpec, method: str) -> list[dict[str, Any]] | None:
+    """The configurations evaluated first: the paper's point, then ``search.points``, each cut
+    to the dimensions this method searches (a point left empty is dropped)."""
+    dims = searched_dimensions(spec, method)
+    points = []
+    if spec.search.include_paper_point and {"alpha", "tau"} & set(METHOD_INFO[method].searched):
+        point = {k: v for k, v in PAPER_POINT.items() if getattr(spec.search, k)
+                 and getattr(spec.search, k)[0] <= v <= getattr(spec.search, k)[1]}
+        points.append(point)
+    points += [{k: v for k, v in p.items() if k in dims} for p in spec.search.points or []]
+    points = [p for p in points if p]
+    return points or None
 
 
 def make_searcher(spec: StudySpec, method: str, journal: Path, study_name: str,
@@ -77,11 +105,9 @@ def make_searcher(spec: StudySpec, method: str, journal: Path, study_name: str,
     journal.parent.mkdir(parents=True, exist_ok=True)
     storage = JournalStorage(JournalFileBackend(str(journal)))
     existing = [t for t in _trials(storage, study_name)]
-    points = None
-    if spec.search.include_paper_point and method in ("rkd", "ikd") and not existing:
-        point = {k: v for k, v in PAPER_POINT.items() if getattr(spec.search, k)
-                 and getattr(spec.search, k)[0] <= v <= getattr(spec.search, k)[1]}
-        points = [point] if point else None
+    # start points are asked for first, so a resumed search has already had the first
+    # len(existing) of them
+    points = (start_points(spec, method) or [])[len(existing):] or None
     searcher = OptunaSearch(
         space=functools.partial(define_space, method=method, space=space_of(spec)),
         metric="val_acc", mode="max", sampler=optuna.samplers.TPESampler(seed=seed),

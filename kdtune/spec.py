@@ -25,9 +25,11 @@ from pydantic import (
 )
 
 from kdtune.data import AUGMENTATIONS, LOADERS
+from kdtune.knobs import Knobs
+from kdtune.methods import METHOD_INFO
 from kdtune.models import ARCHS, arch_taps
 
-METHODS = ("scratch", "rkd", "ikd")
+METHODS = tuple(METHOD_INFO)  # scratch, rkd, ikd, at, self, reversed, reversed_scratch, mskd
 GPU_MODES = ("auto", "fit")
 
 
@@ -39,13 +41,29 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# knob fields in the order a label lists them; None leaves the property as the source has it
+KNOB_FIELDS = ("max_train", "classes", "label_noise", "resolution", "channels", "pixel_noise",
+               "clutter")
+
+
+_LATER_FIELDS = set(KNOB_FIELDS) - {"max_train"} | {"path"}
+
+
 class DatasetSpec(_Strict):
     name: str
+    path: str | None = None  # imagefolder only: one sub-folder per class
     data_dir: str | None = None
     download: bool = False
     split: tuple[float, float, float] | Literal["paper"] = "paper"
     split_seed: int = 0
-    max_train: int | None = Field(default=None, ge=10)
+    # complexity knobs (kdtune/knobs.py says what each touches)
+    max_train: int | None = Field(default=None, ge=10)  # BatchNorm and stratified splits need a few
+    classes: int | list[int] | None = None
+    label_noise: float | None = Field(default=None, ge=0, lt=1)
+    resolution: int | None = Field(default=None, ge=2, le=512)
+    channels: Literal[1, 3] | None = None
+    pixel_noise: float | None = Field(default=None, ge=0, le=1)
+    clutter: int | None = Field(default=None, ge=0, le=16)
 
     @field_validator("name")
     @classmethod
@@ -61,9 +79,68 @@ class DatasetSpec(_Strict):
             raise ValueError("split fractions must be positive and sum to 1")
         return value
 
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, value: Any) -> Any:
+        if isinstance(value, int) and value < 2:
+            raise ValueError("a class subset needs at least 2 classes")
+        if isinstance(value, list) and (len(set(value)) < 2 or len(set(value)) != len(value)
+                                        or min(value) < 0):
+            raise ValueError("a class subset lists at least 2 distinct class indices >= 0")
+        return sorted(value) if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _path(self) -> DatasetSpec:
+        if self.name == "imagefolder" and not self.path:
+            raise ValueError("@path: imagefolder needs path: a folder with one sub-folder "
+                             "per class")
+        if self.name != "imagefolder" and self.path:
+            raise ValueError("@path: path is for imagefolder; use data_dir for a local copy "
+                             f"of {self.name}")
+        return self
+
+    def knob_values(self) -> dict[str, Any]:
+        """The knobs this variant sets, in label order."""
+        return {k: getattr(self, k) for k in KNOB_FIELDS if getattr(self, k) is not None}
+
+    def knobs(self) -> Knobs:
+        values = {k: v for k, v in self.knob_values().items() if k != "max_train"}
+        if isinstance(values.get("classes"), list):
+            values["classes"] = tuple(values["classes"])
+        return Knobs(**values)
+
     @property
     def label(self) -> str:
-        return self.name if self.max_train is None else f"{self.name}[n={self.max_train}]"
+        """The dataset's key in every result file: the name plus the knobs it sets."""
+        base = self.name if self.name != "imagefolder" else f"imagefolder:{Path(self.path or '').name}"
+        parts = []
+        for key, value in self.knob_values().items():
+            if key == "max_train":
+                parts.append(f"n={value}")  # the short form earlier runs used
+            elif isinstance(value, list):
+                parts.append(f"{key}={'+'.join(map(str, value))}")
+            else:
+                parts.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
+        return base + (f"[{','.join(parts)}]" if parts else "")
+
+    def knob(self) -> tuple[str | None, float | None]:
+        """(knob, value) for result files: the one knob set, '+'-joined names if several."""
+        values = self.knob_values()
+        if not values:
+            return None, None
+        if len(values) > 1:
+            return "+".join(values), None
+        ((key, value),) = values.items()
+        return key, float(len(value) if isinstance(value, list) else value)
+
+    def load(self):  # -> kdtune.data.Splits
+        """Load this dataset's splits with its knobs applied."""
+        from kdtune.data import load_splits
+
+        return load_splits(self.name, data_dir=self.data_dir, download=self.download,
+                           fractions=None if self.split == "paper" else tuple(self.split),
+                           split_seed=self.split_seed, max_train=self.max_train,
+                           path=self.path, knobs=self.knobs())
 
 
 class ModelSpec(_Strict):
@@ -106,6 +183,7 @@ class TrainingSpec(_Strict):
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
     augmentation: str = "paper"
+    aug_share: float = Field(default=1.0, ge=0, le=1)  # fraction of each batch augmented
     amp: bool = True  # bf16 autocast where a GPU runs the trial; ignored on CPU
 
     @field_validator("augmentation")
@@ -123,6 +201,9 @@ class DistillationSpec(_Strict):
     tau: float = Field(default=4.0, gt=0)
     hint_layer: str | None = None
     beta: float = Field(default=1.0, ge=0)
+    # omit-one-class: every student (scratch included) trains and validates without class k; the
+    # teacher saw it; trials report test accuracy on class k (kdtune.methods.omit_class)
+    omit_class: int | None = Field(default=None, ge=0)
 
 
 def _range(value: Any, low: float | None, high: float | None, name: str,
@@ -148,9 +229,16 @@ class SearchSpec(_Strict):
     hint_layers: list[str] | None = None
     beta: tuple[float, float] | None = None
     lr: tuple[float, float] | None = None  # searched on a log scale, for every method alike
+    # the student's augmentation policy and augmented share of each batch, for every method
+    # alike (the teacher keeps training.augmentation: augmentation changes what KD transfers)
+    augmentation: list[str] | None = None
+    aug_share: tuple[float, float] | None = None
     max_concurrent: int = Field(default=2, ge=1)
     sampler_seed: int = 0
     include_paper_point: bool = True  # evaluate alpha=0.7, tau=4 first
+    # configurations evaluated next, in order, e.g. a temperature sweep [{tau: 1}, {tau: 2}, ...];
+    # each method takes the keys it searches and Optuna samples the rest
+    points: list[dict[str, Any]] | None = None
 
     @field_validator("alpha")
     @classmethod
@@ -171,6 +259,24 @@ class SearchSpec(_Strict):
     @classmethod
     def _lr(cls, v: Any) -> Any:
         return _range(v, 0.0, None, "lr", low_open=True)
+
+    @field_validator("aug_share")
+    @classmethod
+    def _aug_share(cls, v: Any) -> Any:
+        return _range(v, 0.0, 1.0, "aug_share")
+
+    @field_validator("augmentation")
+    @classmethod
+    def _policies(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        if not v or len(set(v)) != len(v):
+            raise ValueError("augmentation lists at least one policy, each once")
+        for index, policy in enumerate(v):
+            if policy not in AUGMENTATIONS:
+                raise ValueError(f"[{index}]: unknown augmentation '{policy}' "
+                                 f"(known: {', '.join(AUGMENTATIONS)})")
+        return v
 
     @field_validator("hint_layers")
     @classmethod
@@ -305,6 +411,16 @@ class StudySpec(_Strict):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
 
+    @field_validator("datasets")
+    @classmethod
+    def _distinct(cls, value: list[DatasetSpec]) -> list[DatasetSpec]:
+        labels = [ds.label for ds in value]
+        for index, label in enumerate(labels):
+            if label in labels[:index]:
+                raise ValueError(f"[{index}]: the same dataset as datasets[{labels.index(label)}]"
+                                 f" ({label}); results are keyed by it")
+        return value
+
     @field_validator("methods")
     @classmethod
     def _methods(cls, value: list[str]) -> list[str]:
@@ -330,22 +446,67 @@ class StudySpec(_Strict):
             if s not in student_taps:
                 raise ValueError(f"@{field}: student {self.student.arch} has no layer '{s}' "
                                  f"(valid: {', '.join(student_taps)})")
+        if (self.search.aug_share and self.training.augmentation == "none"
+                and set(self.search.augmentation or ["none"]) == {"none"}):
+            raise ValueError("@search.aug_share: nothing to share: no augmentation policy "
+                             "(set training.augmentation or search.augmentation)")
         if "ikd" in self.methods and not (self.search.hint_layers or self.distillation.hint_layer):
             raise ValueError("@search.hint_layers: method ikd needs a hint layer "
                              "(search.hint_layers or distillation.hint_layer)")
         return self
 
+    @model_validator(mode="after")
+    def _method_needs(self) -> StudySpec:
+        if "reversed" in self.methods and "reversed_scratch" not in self.methods:
+            raise ValueError("@methods: method reversed needs its baseline reversed_scratch (the "
+                             "teacher architecture on labels alone) in methods")
+        if "mskd" in self.methods and len(arch_taps(self.student.arch, self.student.options)) < 2:
+            raise ValueError(f"@methods: mskd needs a student with at least two stages "
+                             f"({self.student.label} has one)")
+        for index, point in enumerate(self.search.points or []):
+            for name, value in point.items():
+                where = f"@search.points[{index}]"
+                if name == "hint_layer":
+                    if value not in self.hint_choices():
+                        raise ValueError(f"{where}: hint_layer '{value}' is not among "
+                                         f"search.hint_layers")
+                    continue
+                bounds = getattr(self.search, name, None) if name in (
+                    "alpha", "tau", "beta", "lr") else "unknown"
+                if bounds == "unknown":
+                    raise ValueError(f"{where}: unknown dimension '{name}' (known: alpha, tau, "
+                                     "beta, lr, hint_layer)")
+                if bounds is None:
+                    raise ValueError(f"{where}: {name} is not searched (give search.{name} a "
+                                     "range that holds the point)")
+                if not isinstance(value, (int, float)) or not bounds[0] <= value <= bounds[1]:
+                    raise ValueError(f"{where}: {name}={value} is outside search.{name} "
+                                     f"[{bounds[0]}, {bounds[1]}]")
+        return self
+
     def hint_choices(self) -> list[str]:
         return list(self.search.hint_layers or [self.distillation.hint_layer])
 
-    def teacher_id(self, dataset: DatasetSpec) -> str:
-        """Identity of a pretrained teacher: everything that changes its weights, hashed."""
-        key = {"dataset": dataset.model_dump(exclude={"data_dir", "download"}),
-               "model": self.teacher.model_dump(), "seed": self.teacher_seed,
+    def teacher_id(self, dataset: DatasetSpec, model: Literal["teacher", "student"] = "teacher"
+                   ) -> str:
+        """Identity of a pretrained model: everything that changes its weights, hashed.
+
+        ``model='student'`` is the pretrained student-architecture model that teaches ``self``
+        and ``reversed``: the same training recipe with the student's architecture.
+        """
+        spec_model = self.teacher if model == "teacher" else self.student
+        data = dataset.model_dump(exclude={"data_dir", "download"})
+        # fields added after the first release hash only when set, so stored teachers keep
+        # their ids; every knob that is set changes the data, hence the teacher
+        data = {k: v for k, v in data.items() if v is not None or k not in _LATER_FIELDS}
+        key = {"dataset": data,
+               "model": spec_model.model_dump(), "seed": self.teacher_seed,
                "epochs": self.training.teacher_epochs,
-               "training": self.training.model_dump(exclude={"student_epochs", "amp"})}
+               "training": self.training.model_dump(
+                   exclude={"student_epochs", "amp"} | ({"aug_share"} if self.training.aug_share
+                                                        == 1.0 else set()))}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-        return f"{dataset.name}-{self.teacher.arch}-s{self.teacher_seed}-{digest}"
+        return f"{dataset.name}-{spec_model.arch}-s{self.teacher_seed}-{digest}"
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
@@ -366,7 +527,8 @@ def _format_validation_error(error: ValidationError) -> str:
         index, _, message = message.partition(": ")
         path += index
     elif message.startswith("@"):  # a cross-field validator naming its own field
-        path, _, message = message[1:].partition(": ")
+        field, _, message = message[1:].partition(": ")
+        path = field if path == "spec" else f"{path}.{field}"
     if first["type"] == "extra_forbidden":
         message = "unknown field"
     more = len(error.errors()) - 1

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -26,7 +27,8 @@ import pyarrow as pa
 import yaml
 
 from kdtune.cluster import ResourcesByMethod, check_shared_storage, cluster_address
-from kdtune.data import DatasetUnavailable, Splits, load_splits
+from kdtune.data import DatasetUnavailable, Splits
+from kdtune.methods import METHOD_INFO, PRETRAINED, row_columns, teacher_sources
 from kdtune.resources import ClusterView, ResourcePlan, Shape, resolve, roles_needed
 from kdtune.results import (
     GAIN_SCHEMA,
@@ -37,7 +39,7 @@ from kdtune.results import (
     read_rows,
     write_table_atomic,
 )
-from kdtune.spec import DatasetSpec, StudySpec, parse_spec
+from kdtune.spec import DatasetSpec, SpecError, StudySpec, parse_spec
 from kdtune.trainables import flat_config, teacher_path
 
 if TYPE_CHECKING:
@@ -51,6 +53,13 @@ DATASET_SCHEMA = pa.schema([
     ("dataset", pa.string()), ("name", pa.string()), ("channels", pa.int64()),
     ("image_size", pa.int64()), ("num_classes", pa.int64()), ("n_train", pa.int64()),
     ("n_val", pa.int64()), ("n_test", pa.int64()),
+    # the knob this variant sets ('+'-joined with no value if several; null for a plain dataset)
+    ("knob", pa.string()), ("knob_value", pa.float64()), ("knobs_json", pa.string()),
+    # measured complexity (kdtune/complexity.py): the score in [0, 1] and what it is made of
+    ("complexity_score", pa.float64()), ("samples_per_class", pa.float64()),
+    ("pixel_entropy", pa.float64()), ("intrinsic_dim", pa.int64()), ("knn_error", pa.float64()),
+    ("linear_error", pa.float64()), ("within_class_var", pa.float64()),
+    ("complexity_json", pa.string()),
 ])
 
 
@@ -82,28 +91,44 @@ def resolve_paths(spec: StudySpec, storage: str | None, data_dir: str | None,
         folder = ds.data_dir or data_dir
         if folder:
             update["data_dir"] = str(Path(folder).expanduser().resolve())
+        if ds.path:  # an image folder is read by trial workers too
+            update["path"] = str(Path(ds.path).expanduser().resolve())
         if download is not None:
             update["download"] = download or ds.download
         datasets.append(ds.model_copy(update=update))
     return spec.model_copy(update={"storage": storage_path, "datasets": datasets})
 
 
-def check_datasets(spec: StudySpec, keep: list[Splits] | None = None) -> list[dict[str, Any]]:
+def check_datasets(spec: StudySpec, log: Callable[[str], None] | None = None,
+                   keep: list[Splits] | None = None) -> list[dict[str, Any]]:
     """Load every dataset once in the driver: a missing one fails before any trial starts.
 
+    Each dataset's complexity is measured here too (seconds), so it is stored with the results.
     The loaded splits are appended to ``keep``: trials get them through Ray's object store.
     """
+    from kdtune.complexity import as_row, measure
+
     rows = []
     for ds in spec.datasets:
-        fractions = {} if ds.split == "paper" else {"fractions": tuple(ds.split)}
-        splits = load_splits(ds.name, data_dir=ds.data_dir, download=ds.download,
-                             split_seed=ds.split_seed, max_train=ds.max_train, **fractions)
+        splits = ds.load()
         if keep is not None:
             keep.append(splits)
         sizes = splits.sizes()
+        cx = measure(splits, ds.label)
+        knob, knob_value = ds.knob()
+        k = spec.distillation.omit_class
+        if k is not None and k >= splits.num_classes:
+            raise SpecError(f"distillation.omit_class: {ds.label} has no class {k} "
+                            f"(0..{splits.num_classes - 1})")
         rows.append({"dataset": ds.label, "name": ds.name, "channels": splits.channels,
                      "image_size": splits.image_size, "num_classes": splits.num_classes,
-                     "n_train": sizes["train"], "n_val": sizes["val"], "n_test": sizes["test"]})
+                     "n_train": sizes["train"], "n_val": sizes["val"], "n_test": sizes["test"],
+                     "knob": knob, "knob_value": knob_value,
+                     "knobs_json": json.dumps(ds.knob_values())} | as_row(cx))
+        if log:
+            log(f"dataset {ds.label}: {sizes['train']}/{sizes['val']}/{sizes['test']} images, "
+                f"{splits.channels}x{splits.image_size}x{splits.image_size}, "
+                f"{splits.num_classes} classes, complexity {cx.score:.3f}")
     return rows
 
 
@@ -179,7 +204,7 @@ def _tune_callback(store: ResultsStore, spec: StudySpec, stage: str, role: str,
                 return
             row = self._base(trial) | {k: result.get(k) for k in (
                 "epoch", "train_loss", "loss_ce", "loss_kd", "loss_hint", "val_acc", "epoch_s",
-                "wall_s")}
+                "wall_s", "loss_at")}
             store.add_epoch(row)
             if row["role"] == "teacher":
                 log(f"  [{row['stage']}] {row['dataset']} teacher epoch {row['epoch']}/"
@@ -207,6 +232,7 @@ def _tune_callback(store: ResultsStore, spec: StudySpec, stage: str, role: str,
                 "wall_s": last.get("wall_s"), "teacher_id": c.get("teacher_id"),
                 "node_id": last.get("node_id"), "restarts": int(trial.num_failures),
                 "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                **row_columns(spec, c["method"], last),
             }
             store.finish_trial(row)
             own = row["stage"]
@@ -216,6 +242,8 @@ def _tune_callback(store: ResultsStore, spec: StudySpec, stage: str, role: str,
             hp = " ".join(f"{k}={row[k]:.3g}" if isinstance(row[k], float) else f"{k}={row[k]}"
                           for k in ("alpha", "tau", "hint_layer", "lr") if row[k] is not None
                           and (k != "lr" or spec.search.lr))
+            hp += "".join(f" {k}={c[k]:.3g}" if isinstance(c[k], float) else f" {k}={c[k]}"
+                          for k in ("augmentation", "aug_share") if k in c)
             val = f"val {row['val_acc']:.1f}%" if row["val_acc"] is not None else "no val"
             best = (f" (best {self.best[own]:.1f}%)" if own in self.best
                     and row["role"] == "search" else "")
@@ -284,6 +312,12 @@ def _fit(trainable, spec: StudySpec, run_dir: Path, stage: str, param_space: dic
         if own_pending:
             os.environ.pop("TUNE_MAX_PENDING_TRIALS_PG", None)
     check_stop()
+
+
+def stage_name(kind: str, label: str, method: str) -> str:
+    """A Tune experiment / Optuna study name: a dataset label made path- and URI-safe."""
+    safe = label.replace("[", "_").replace("]", "").replace("=", "")
+    return f"{kind}-{re.sub(r'[^A-Za-z0-9_.+-]+', '_', safe)}-{method}"
 
 
 def _asha(spec: StudySpec):
@@ -389,7 +423,7 @@ class Study:
         the run directory: a check that fails leaves nothing behind."""
         check_storage(spec.storage)
         splits: list[Splits] = []
-        dataset_rows = check_datasets(spec, keep=splits)
+        dataset_rows = check_datasets(spec, log, keep=splits)
         _init_ray(address, log)
         if check_shared_storage(spec.storage) > 1:
             log(f"storage {spec.storage}: visible and writable from every node")
@@ -444,31 +478,36 @@ class Study:
         _write_json_atomic(meta, path)
 
     # --- stages -------------------------------------------------------------------------
-    def _teachers(self) -> dict[int, tuple[str, Path]]:
+    def _teachers(self, model: str = "teacher") -> dict[int, tuple[str, Path]]:
+        """Train (or reuse) the pretrained models of one spec architecture: ``teacher``, or
+        ``student`` for the pretrained copy of the student that teaches self/reversed."""
         from kdtune.trainables import train_teacher
 
         spec = self.spec
+        method = PRETRAINED[model]
+        stage = "teachers" if model == "teacher" else "teachers-student"
+        arch = spec.teacher.arch if model == "teacher" else spec.student.arch
         out, to_train = {}, []
         for index, ds in enumerate(spec.datasets):
-            tid = spec.teacher_id(ds)
+            tid = spec.teacher_id(ds, model)
             path = teacher_path(spec.storage, tid)
             out[index] = (tid, path)
             if path.exists():
-                self.log(f"teacher {tid}: reusing {path}")
-                self._record_reused_teacher(index, tid, path)
+                self.log(f"{method} {tid}: reusing {path}")
+                self._record_reused_teacher(index, tid, path, method, stage)
             elif index not in [i for i, _ in to_train] and tid not in [t for _, t in to_train]:
                 to_train.append((index, tid))
         if to_train:
-            self.log(f"stage teachers: training {len(to_train)} teacher(s) "
-                     f"({spec.teacher.arch}, {spec.training.teacher_epochs} epochs)")
-            jobs = [{"dataset_index": i, "method": "teacher", "role": "teacher",
+            self.log(f"stage {stage}: training {len(to_train)} {method} model(s) "
+                     f"({arch}, {spec.training.teacher_epochs} epochs)")
+            jobs = [{"dataset_index": i, "method": method, "role": "teacher",
                      "seed": spec.teacher_seed, "teacher_id": tid,
-                     "teacher_path": str(out[i][1]), **self._cpus_gpus("teacher")}
-                    for i, tid in to_train]
+                     "teacher_path": str(out[i][1]),
+                     **self._cpus_gpus(method)} for i, tid in to_train]
             from ray import tune
 
-            callback = _tune_callback(self.store, spec, "teachers", "teacher", len(jobs), self.log)
-            _fit(train_teacher, spec, self.run_dir, "teachers",
+            callback = _tune_callback(self.store, spec, stage, "teacher", len(jobs), self.log)
+            _fit(train_teacher, spec, self.run_dir, stage,
                  {"job": tune.grid_search(jobs)}, 1, callback, plan=self.plan,
                  data=self._data_refs)
             missing = [tid for i, tid in to_train if not out[i][1].exists()]
@@ -482,10 +521,10 @@ class Study:
         trial = self.plan.for_method(method)
         return {"cpus": trial.cpus, "gpus": trial.gpus}
 
-    def _record_reused_teacher(self, index: int, tid: str, path: Path) -> None:
+    def _record_reused_teacher(self, index: int, tid: str, path: Path, method: str = "teacher",
+                               stage: str = "teachers") -> None:
         import torch
 
-        stage = "teachers"
         trial_id = f"{stage}:reused:{tid}"
         if any(r["trial_id"] == trial_id or (r["role"] == "teacher" and r["teacher_id"] == tid)
                for r in self.store.trials):
@@ -494,21 +533,22 @@ class Study:
         self.store.finish_trial({
             "study": self.spec.study, "run_id": self.run_dir.name, "stage": stage,
             "trial_id": trial_id, "dataset": self.spec.datasets[index].label,
-            "method": "teacher", "role": "teacher", "seed": self.spec.teacher_seed,
+            "method": method, "role": "teacher", "seed": self.spec.teacher_seed,
             "lr": self.spec.training.lr, "config_json": json.dumps({"reused": str(path)}),
             "val_acc": state.get("val_acc"), "test_acc": state.get("test_acc"),
             "epochs_run": self.spec.training.teacher_epochs,
             "epochs_budget": self.spec.training.teacher_epochs, "status": "reused",
-            "wall_s": 0.0, "teacher_id": tid})
+            "wall_s": 0.0, "teacher_id": tid, **row_columns(self.spec, method, {})})
 
-    def _search_part(self, index: int, method: str, teacher: tuple[str, Path],
+    def _search_part(self, index: int, method: str,
                      teachers: dict[int, tuple[str, Path]]) -> SearchPart:
-        """The Optuna search of one (dataset, method), as much of it as is not done yet."""
+        """The Optuna search of one (dataset, method), as much of it as is not done yet;
+        ``teachers``: the pretrained models that teach ``method``, by dataset index."""
         from kdtune.multisearch import SearchPart
         from kdtune.search import make_searcher
 
         spec, ds = self.spec, self.spec.datasets[index]
-        stage = f"search-{ds.label}-{method}".replace("[", "_").replace("]", "").replace("=", "")
+        stage = stage_name("search", ds.label, method)
         done = [r for r in self.store.trials if r["stage"] == stage]
         remaining = max(0, spec.search.trials - len(done))
         if remaining:
@@ -518,6 +558,7 @@ class Study:
             self.log(f"stage {stage}: all {spec.search.trials} trials already in the results")
         searcher = make_searcher(spec, method, self.run_dir / "optuna" / "journal.log",
                                  stage, seed=spec.search.sampler_seed + index)
+        teacher = teachers.get(index, ("", Path()))
         constants = {"dataset_index": index, "method": method, "role": "search",
                      "seed": spec.final.seeds[0], "teacher_id": teacher[0],
                      "teacher_path": str(teacher[1]), **self._cpus_gpus(method)}
@@ -534,7 +575,7 @@ class Study:
             self.log(f"final: no finished search trial for {ds.label} {method}; skipped")
             return []
         config = {k: v for k, v in json.loads(best["config_json"]).items()
-                  if k in ("alpha", "tau", "hint_layer", "beta", "lr")}
+                  if k in ("alpha", "tau", "hint_layer", "beta", "lr", "augmentation", "aug_share")}
         jobs = [config | {"dataset_index": index, "method": method, "role": "final",
                           "stage": "final", "seed": seed,
                           "teacher_id": teachers.get(index, ("", ""))[0],
@@ -548,14 +589,16 @@ class Study:
                      f"{best['val_acc']:.1f}%) on seeds {[j['seed'] for j in jobs]}")
         return jobs
 
-    def _students(self, teachers: dict[int, tuple[str, Path]]) -> None:
+    def _students(self, teachers: dict[str, dict[int, tuple[str, Path]]]) -> None:
         """Every search, and the final runs of each search's best config, in one Tuner: no
-        stage barrier, and trial workers stay warm from the first search to the last run."""
+        stage barrier, and trial workers stay warm from the first search to the last run.
+        ``teachers``: the pretrained models by source (``teacher``, ``student``), then index."""
         from kdtune.multisearch import PerStageASHA, StudySearcher
         from kdtune.trainables import train_student
 
         spec = self.spec
-        parts = [self._search_part(index, method, teachers.get(index, ("", Path())), teachers)
+        parts = [self._search_part(index, method,
+                                   teachers.get(METHOD_INFO[method].taught_by or "", {}))
                  for index in range(len(spec.datasets)) for method in spec.methods]
         finals = sum(1 for index, ds in enumerate(spec.datasets) for method in spec.methods
                      for seed in spec.final.seeds
@@ -587,8 +630,8 @@ class Study:
             self._write_meta("running", resources={role: r.__dict__ for role, r in
                                                    self.plan.roles.items()},
                              gpu_fit=self.plan.measured or None)
-            needs_teacher = any(m != "scratch" for m in self.spec.methods)
-            teachers = self._teachers() if needs_teacher else {}
+            # the spec's teacher, and a pretrained student-architecture model for self/reversed
+            teachers = {model: self._teachers(model) for model in teacher_sources(self.spec)}
             self._teacher_refs = _put_teachers(teachers)
             self._students(teachers)
         except BaseException:
@@ -607,8 +650,8 @@ class Study:
 def plan_resources(spec: StudySpec, splits: list[Splits],
                    log: Callable[[str], None] = _log) -> ResourcePlan:
     """Each role's resources on the connected cluster (``gpus: fit`` measures here)."""
-    train_teacher = any(m != "scratch" for m in spec.methods) and not all(
-        teacher_path(spec.storage, spec.teacher_id(ds)).exists() for ds in spec.datasets)
+    train_teacher = not all(teacher_path(spec.storage, spec.teacher_id(ds, model)).exists()
+                            for ds in spec.datasets for model in teacher_sources(spec))
     shapes = [Shape(s.channels, s.image_size, s.num_classes, splits_bytes(s)) for s in splits]
     plan = resolve(spec, roles_needed(spec, train_teacher), ClusterView.from_ray(), shapes,
                    log=log)
@@ -622,14 +665,15 @@ def splits_bytes(splits: Splits) -> int:
                                                     "test_x", "test_y"))
 
 
-def _put_teachers(teachers: dict[int, tuple[str, Path]]) -> dict[str, Any]:
-    """Each teacher's weights, once in the object store: student trials on any node read them
-    from there, not from the teacher store."""
+def _put_teachers(teachers: dict[str, dict[int, tuple[str, Path]]]) -> dict[str, Any]:
+    """Each pretrained model's weights, once in the object store: student trials on any node
+    read them from there, not from the teacher store."""
     import ray
     import torch
 
+    paths = {tid: path for source in teachers.values() for tid, path in source.values()}
     return {tid: ray.put(torch.load(path, map_location="cpu", weights_only=True))
-            for tid, path in dict(teachers.values()).items()}
+            for tid, path in paths.items()}
 
 
 def summary(trials: list[dict[str, Any]], gains: list[dict[str, Any]], wall_s: float) -> str:
@@ -639,13 +683,16 @@ def summary(trials: list[dict[str, Any]], gains: list[dict[str, Any]], wall_s: f
     lines = [f"done in {wall_s:.0f}s: {len(trials)} trials ("
              + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")"]
     for g in gains:
-        if g["method"] == "scratch":
-            lines.append(f"  {g['dataset']:<16} scratch  test {g['test_acc_mean']:.2f}% "
+        if g["method"] == "scratch" or not g.get("baseline"):
+            lines.append(f"  {g['dataset']:<16} {g['method']:<8} test {g['test_acc_mean']:.2f}% "
                          f"over {g['n_seeds']} seeds")
         else:
+            vs = "" if g["baseline"] == "scratch" else f" vs {g['baseline']}"
             lines.append(f"  {g['dataset']:<16} {g['method']:<8} test {g['test_acc_mean']:.2f}%"
                          f"  gain {g['gain_pts']:+.2f} pts  95% CI [{g['gain_ci_low']:+.2f}, "
-                         f"{g['gain_ci_high']:+.2f}]")
+                         f"{g['gain_ci_high']:+.2f}]{vs}")
+        if g.get("omitted_class_acc_mean") is not None:
+            lines[-1] += f"  (class {g['omitted_class']}: {g['omitted_class_acc_mean']:.1f}%)"
     return "\n".join(lines)
 
 

@@ -5,10 +5,16 @@ loop of :mod:`kdtune.engine`, and reports validation accuracy plus a checkpoint 
 (``tune.report``). A trial restarted by Tune resumes from its last checkpoint. The last report
 of a trial also carries its test accuracy, measured once training ends: it is recorded, never
 used to choose anything.
+
+Which model a trial trains and which pretrained model teaches it come from
+:mod:`kdtune.methods`. With augmentation off, the teacher's outputs on the whole training split
+are computed once per worker process and shared by every trial that has the same teacher,
+dataset and transfer set (``_TEACHER_OUTPUTS``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -17,23 +23,30 @@ from typing import Any
 
 import torch
 
-from kdtune.data import Splits, load_splits
-from kdtune.distill import Scratch, build_distiller
+from kdtune.data import Splits
+from kdtune.distill import Distiller, Scratch, WithTeacher, build_distiller
 from kdtune.engine import (
     Budget,
     TrainingDiverged,
+    class_accuracies,
     evaluate,
     make_optimizer,
     pick_device,
     train_epochs,
 )
+from kdtune.methods import accuracy_json, omit_class, trial_models
 from kdtune.models import build_model
-from kdtune.spec import DatasetSpec, StudySpec
+from kdtune.spec import DatasetSpec, ModelSpec, StudySpec
+from kdtune.teacher_outputs import CachedTeacher, feature_bytes, precompute
 
 _SPLITS_CACHE: dict[tuple[str, str], Splits] = {}
 _TEACHER_CACHE: dict[tuple[str, str], torch.nn.Module] = {}
-# a reused worker keeps the last few datasets and teachers; older runs' ones are dropped
+_TEACHER_OUTPUTS: dict[tuple, CachedTeacher] = {}
+# a reused worker keeps the last few datasets, teachers and teacher outputs; the oldest goes first
 _CACHE_SIZE = 4
+# cached hint/attention features beyond this stay live (CIFAR-size ResNet-50 layer1 maps would
+# take ~50 GB); logits always fit
+CACHE_FEATURES_MB = float(os.environ.get("KDTUNE_TEACHER_CACHE_MB", "1024"))
 
 TEACHER_FILE = "teacher.pt"
 
@@ -56,12 +69,9 @@ def dataset_splits(dataset: DatasetSpec, device: torch.device, ref: Any = None) 
         if ref is not None:
             import ray
 
+            # uint8 splits go to the trial's device once; batches are then drawn there by index
             return ray.get(ref).to(device)
-        fractions = None if dataset.split == "paper" else tuple(dataset.split)
-        kwargs = {"fractions": fractions} if fractions else {}
-        return load_splits(dataset.name, data_dir=dataset.data_dir, download=dataset.download,
-                           split_seed=dataset.split_seed, max_train=dataset.max_train,
-                           **kwargs).to(device)
+        return dataset.load().to(device)
 
     key = (ref.hex() if ref is not None else dataset.model_dump_json(), str(device))
     return _cached(_SPLITS_CACHE, key, make)
@@ -85,11 +95,14 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 
 def load_teacher(spec: StudySpec, path: Path, splits: Splits, device: torch.device,
-                 ref: Any = None) -> torch.nn.Module:
-    """The pretrained teacher, from the object store (``ref``) or else from its file."""
+                 model: ModelSpec | None = None, ref: Any = None) -> torch.nn.Module:
+    """A stored pretrained model (of ``model``'s architecture, default the spec's teacher), from
+    the object store (``ref``) or else from its file."""
+    model = model or spec.teacher
+
     def make() -> torch.nn.Module:
-        teacher = build_model(spec.teacher.arch, splits.channels, splits.num_classes,
-                              splits.image_size, spec.teacher.options)
+        teacher = build_model(model.arch, splits.channels, splits.num_classes,
+                              splits.image_size, model.options)
         if ref is not None:
             import ray
 
@@ -99,15 +112,52 @@ def load_teacher(spec: StudySpec, path: Path, splits: Splits, device: torch.devi
         teacher.load_state_dict(state["model"])
         return teacher.to(device).eval()
 
-    key = (ref.hex() if ref is not None else f"{path}@{path.stat().st_mtime}", str(device))
-    return _cached(_TEACHER_CACHE, key, make)
+    return _cached(_TEACHER_CACHE, (teacher_key(path, ref), str(device)), make)
+
+
+def teacher_key(path: Path, ref: Any = None) -> str:
+    """What identifies a stored teacher's weights: its object-store ref, else its file's mtime
+    (a retrained teacher is a new file)."""
+    return ref.hex() if ref is not None else f"{path}@{path.stat().st_mtime}"
+
+
+def student_splits(spec: StudySpec, dataset: DatasetSpec, device: torch.device,
+                   ref: Any = None) -> Splits:
+    """The student's transfer set: the dataset, less the omitted class if the spec omits one."""
+    k = spec.distillation.omit_class
+    splits = dataset_splits(dataset, device, ref)
+    if k is None:
+        return splits
+    key = ((ref.hex() if ref is not None else dataset.model_dump_json()) + f"|omit={k}",
+           str(device))
+    return _cached(_SPLITS_CACHE, key, lambda: omit_class(splits, k))
+
+
+def use_cached_teacher(distiller: Distiller, splits: Splits, key: tuple, budget: Budget) -> str:
+    """Serve ``distiller``'s teacher outputs from a per-process cache when that is exact and
+    fits; returns ``cached`` or ``live`` (reported with the trial's metrics)."""
+    if not isinstance(distiller, WithTeacher) or budget.augmentation != "none":
+        return "live"  # augmented images are new every epoch: the teacher must see them
+    key = key + (distiller.teacher_taps,)
+    if key not in _TEACHER_OUTPUTS:
+        live = distiller.live_teacher
+        if distiller.teacher_taps and feature_bytes(
+                live, splits.train_x[:1].float(), len(splits.train_y)) > CACHE_FEATURES_MB * 2**20:
+            return "live"
+        _cached(_TEACHER_OUTPUTS, key, lambda: CachedTeacher(
+            precompute(live, splits.train_x, splits.mean, splits.std, amp=budget.amp)))
+    distiller.use_cached_teacher(_TEACHER_OUTPUTS[key])
+    return "cached"
 
 
 def _budget(spec: StudySpec, epochs: int, config: dict[str, Any]) -> Budget:
     t = spec.training
+    # a search may set the student's lr, augmentation policy and augmented share per trial
     return Budget(epochs=epochs, batch_size=t.batch_size, optimizer=t.optimizer,
                   lr=float(config.get("lr", t.lr)), momentum=t.momentum,
-                  weight_decay=t.weight_decay, augmentation=t.augmentation, amp=t.amp)
+                  weight_decay=t.weight_decay,
+                  augmentation=str(config.get("augmentation", t.augmentation)),
+                  aug_share=float(config.get("aug_share", t.aug_share)), amp=t.amp)
 
 
 def _node_id() -> str:
@@ -160,26 +210,38 @@ def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool,
     torch.set_num_threads(max(1, int(config.get("cpus", 1))))
     device = pick_device(float(config.get("gpus", 0)))
     index = int(config["dataset_index"])
-    splits = dataset_splits(spec.datasets[index], device, data[index] if data else None)
+    dataset = spec.datasets[index]
+    data_ref = data[index] if data else None
+    # pretrained models see every class; students see the transfer set (omit-one-class)
+    splits = (dataset_splits(dataset, device, data_ref) if is_teacher
+              else student_splits(spec, dataset, device, data_ref))
     seed = int(config["seed"])
-    teacher = None
-    if not is_teacher and config["method"] != "scratch":
-        # before seeding: building an uncached teacher draws from the global generator, and
-        # whether this worker has it cached must not change the student's initialisation
-        teacher = load_teacher(spec, Path(config["teacher_path"]), splits, device,
-                               (teachers or {}).get(config["teacher_id"]))
-    torch.manual_seed(seed)
-    arch = spec.teacher if is_teacher else spec.student
+    method = config["method"]
+    # the model trained (the teacher architecture for `reversed`) and the one teaching it
+    arch, teacher_arch = trial_models(spec, method)
     epochs = spec.training.teacher_epochs if is_teacher else spec.training.student_epochs
+    budget = _budget(spec, epochs, config)
+    teacher = None
+    if not is_teacher and teacher_arch is not None:
+        # loaded before seeding: building it (first time in this worker) draws random numbers,
+        # which would otherwise shift the student's initialisation from worker to worker
+        path = Path(config["teacher_path"])
+        teacher_ref = (teachers or {}).get(config["teacher_id"])
+        teacher = load_teacher(spec, path, splits, device, teacher_arch, teacher_ref)
+    torch.manual_seed(seed)
     model = build_model(arch.arch, splits.channels, splits.num_classes, splits.image_size,
                         arch.options).to(device)
-    if teacher is None:
-        distiller = Scratch(model)
+    teacher_outputs = "none"
+    if teacher is None or teacher_arch is None:
+        distiller: Distiller = Scratch(model)
     else:
-        distiller = build_distiller(config["method"], model, teacher, config,
-                                    student_arch=spec.student.arch, teacher_arch=spec.teacher.arch,
-                                    example=splits.train_x[:2].float()).to(device)
-    budget = _budget(spec, epochs, config)
+        distiller = build_distiller(method, model, teacher, config, student_arch=arch.arch,
+                                    teacher_arch=teacher_arch.arch,
+                                    example=splits.train_x[:2].float().to(device),
+                                    num_classes=splits.num_classes).to(device)
+        teacher_outputs = use_cached_teacher(
+            distiller, splits, (teacher_key(path, teacher_ref), dataset.model_dump_json(),
+                                spec.distillation.omit_class, str(device)), budget)
     optimizer = make_optimizer([p for p in distiller.parameters() if p.requires_grad], budget)
     start_epoch, generator_state = 0, None
     checkpoint = tune.get_checkpoint()
@@ -196,10 +258,13 @@ def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool,
                                    optimizer=optimizer, generator_state=generator_state):
             _inject_fault(config, report.epoch)
             metrics = report.metrics() | {"node_id": node_id,
-                                          "wall_s": time.perf_counter() - started}
+                                          "wall_s": time.perf_counter() - started,
+                                          "teacher_outputs": teacher_outputs}
             if report.epoch == budget.epochs:
-                metrics["test_acc"] = evaluate(model, splits.test_x, splits.test_y, splits,
-                                               amp=budget.amp)
+                metrics["test_acc"] = evaluate(distiller.predictor, splits.test_x, splits.test_y,
+                                               splits, amp=budget.amp)
+                if not is_teacher:
+                    metrics.update(_class_and_exit_metrics(spec, distiller, splits, budget))
                 if is_teacher:
                     save_atomic({"model": model.state_dict(), "val_acc": report.val_acc,
                                  "test_acc": metrics["test_acc"]}, Path(config["teacher_path"]))
@@ -216,8 +281,26 @@ def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool,
                      "wall_s": time.perf_counter() - started})
 
 
+def _class_and_exit_metrics(spec: StudySpec, distiller: Distiller, splits: Splits,
+                            budget: Budget) -> dict[str, Any]:
+    """Per-class test accuracy (and the omitted class's), and each exit's for multi-exit models."""
+    per_class = class_accuracies(distiller.predictor, splits.test_x, splits.test_y, splits,
+                                 amp=budget.amp)
+    out: dict[str, Any] = {"class_acc_json": accuracy_json(per_class)}
+    k = spec.distillation.omit_class
+    if k is not None:
+        out |= {"omitted_class": k, "omitted_class_acc": per_class.get(k)}
+    exits = distiller.exit_models()
+    if exits:
+        out["exit_acc_json"] = json.dumps({name: round(evaluate(m, splits.test_x, splits.test_y,
+                                                                splits, amp=budget.amp), 4)
+                                           for name, m in exits.items()})
+    return out
+
+
 def train_teacher(config: dict[str, Any], spec: StudySpec, data: list[Any] | None = None) -> None:
-    """Pretrain one teacher and save it to the study's teacher store.
+    """Pretrain one model (``config['method']``: ``teacher``, or ``pretrained_student`` for
+    self/reversed) and save it to the study's teacher store.
 
     ``data``: object refs of the datasets' splits (``tune.with_parameters``), by dataset index.
     """

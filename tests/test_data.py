@@ -81,3 +81,33 @@ def test_fashion_mnist_from_a_local_idx_folder(tmp_path):
 def test_missing_dataset_says_how_to_get_it(tmp_path):
     with pytest.raises(DatasetUnavailable, match="--download"):
         load_splits("mnist", data_dir=tmp_path)
+
+
+def test_paper_policy_is_rotation_then_flips_and_crop_is_a_zero_padded_shift():
+    from kdtune.data import _pad_crop, _rotate_flip
+
+    x = torch.rand(64, 2, 9, 9)
+    # with no rotation, every image comes out as itself flipped in some way
+    out = _rotate_flip(x, 0.0, torch.Generator().manual_seed(0))
+    kinds = set()
+    for i in range(len(x)):
+        for kind, dims in (("id", ()), ("h", (2,)), ("v", (1,)), ("hv", (1, 2))):
+            if torch.allclose(out[i], x[i].flip(dims) if dims else x[i], atol=1e-5):
+                kinds.add(kind)
+                break
+        else:
+            raise AssertionError(f"image {i} is not a flip of its input")
+    assert kinds == {"id", "h", "v", "hv"}
+    # pad-crop: each output is the input shifted by at most 4 pixels, zeros shifted in
+    img = torch.arange(1, 82, dtype=torch.float32).view(1, 1, 9, 9).repeat(32, 1, 1, 1)
+    crops = _pad_crop(img, 4, torch.Generator().manual_seed(1))
+    for crop in crops:
+        nonzero = crop[0] > 0
+        r0, c0 = (int(v) for v in nonzero.nonzero()[0])
+        value = int(crop[0, r0, c0]) - 1  # the top-left input pixel still visible
+        dy, dx = r0 - value // 9, c0 - value % 9
+        assert abs(dy) <= 4 and abs(dx) <= 4
+        shifted = torch.zeros(9, 9)
+        src = img[0, 0, max(0, -dy):9 - max(0, dy), max(0, -dx):9 - max(0, dx)]
+        shifted[max(0, dy):max(0, dy) + src.shape[0], max(0, dx):max(0, dx) + src.shape[1]] = src
+        assert torch.equal(crop[0], shifted)

@@ -17,6 +17,7 @@ import pytest
 from kdtune.cli import main
 from kdtune.results import best_search_trial
 from kdtune.search import load_optuna_study
+from tests._browser import check_in_browser, find_chromium
 
 pytestmark = pytest.mark.slow
 
@@ -111,6 +112,8 @@ def test_tiny_study_end_to_end(tiny_spec_dict, write_spec, tmp_path, capsys):
     html = (run_dir / "report.html").read_text()
     assert "Did distillation pay?" in html and "plotly" in html.lower()
     assert len(html) > 1_000_000  # plotly.js is inlined: the file opens offline
+    if find_chromium():  # the real run's report renders in a browser (test_report_browser)
+        check_in_browser(run_dir / "report.html", tmp_path / "e2e-report.png")
 
     # the report rebuilds from the Parquet files alone
     rebuilt = tmp_path / "copy" / "r.html"

@@ -16,6 +16,7 @@ from kdtune.resources import (
     fit_fraction,
     probes_for,
     resolve,
+    role_of,
     roles_needed,
     step_peak_bytes,
 )
@@ -128,13 +129,27 @@ def test_probes_cover_each_role_method_dataset_and_hint_layer(tiny_spec_dict):
     assert len(probes) == 5
 
 
-@pytest.mark.parametrize("method", ["teacher", "scratch", "rkd", "ikd"])
+def test_roles_of_every_method():
+    assert role_of("teacher") == role_of("pretrained_student") == "teacher"
+    assert role_of("scratch") == role_of("reversed_scratch") == "scratch"
+    assert {role_of(m) for m in ("rkd", "ikd", "at", "self", "reversed", "mskd")} == {"student"}
+
+
+def test_probes_for_self_and_reversed_measure_the_pretrained_student(tiny_spec_dict):
+    spec = parse_spec(tiny_spec_dict | {"methods": ["reversed_scratch", "self", "reversed"]})
+    probes = probes_for(spec, ["teacher", "scratch", "student"])
+    assert MemoryProbe("teacher", "pretrained_student", 0) in probes
+    assert MemoryProbe("scratch", "reversed_scratch", 0) in probes
+    assert {p.method for p in probes if p.role == "student"} == {"self", "reversed"}
+
+
+@pytest.mark.parametrize("method", ["teacher", "pretrained_student", "scratch", "rkd", "ikd",
+                                    "at", "self", "reversed", "reversed_scratch", "mskd"])
 def test_the_measured_training_step_runs_on_cpu(tiny_spec_dict, method):
     import torch
 
     spec = parse_spec(tiny_spec_dict)
-    probe = MemoryProbe("student" if method in ("rkd", "ikd") else method, method, 0,
-                        "stage1" if method == "ikd" else None)
+    probe = MemoryProbe(role_of(method), method, 0, "stage1" if method == "ikd" else None)
     assert step_peak_bytes(spec, probe, SHAPES[0], torch.device("cpu")) == 0
 
 

@@ -35,7 +35,7 @@ def test_checkpoints_load_weights_only_and_specs_load_safely():
             n_loads += 1
             assert "weights_only=True" in call, f"{path.name}: {call}"
         assert not re.search(r"yaml\.(load|unsafe_load|full_load)\(", text), path.name
-        assert not re.search(r"^\s*import pickle|pickle\.loads?\(|(?<![.\w])(eval|exec)\(", text,
+        assert not re.search(r"^\s*import pickle|pickle\.loads?\(|(?<![.\w])(?<!def )(eval|exec)\(", text,
                              re.M), path.name
     assert n_loads >= 2  # the check saw the checkpoint and teacher loads
 

@@ -1,0 +1,145 @@
+"""A compute estimate for a spec, from dataset shapes and model FLOPs, without loading any data.
+
+FLOPs are counted by ``torch.utils.flop_counter`` on a model built on the meta device (no
+memory, no data). A training step costs about 3x the forward pass; a distilled student also
+pays one teacher forward per training image; every epoch evaluates the validation split.
+Times assume sustained rates, stated in the output: 60 GFLOP/s per CPU core (measured here:
+ResNet-18 trains 29-44 images/s on 2 cores at 3x1.11 GFLOP per image) and 10 TFLOP/s per GPU
+(a P100, the core study's card, in fp32; current GPUs with bf16 run several times faster), plus
+about 3 s of Ray start-up per trial, which dominates for tiny models.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from kdtune.data import PAPER_SIZES, paper_fractions
+from kdtune.spec import DatasetSpec, StudySpec
+
+# (channels, side, classes, images pooled over the source's own train and test files)
+SHAPES: dict[str, tuple[int, int, int, int]] = {
+    "digits": (1, 8, 10, 1_797),
+    "mnist": (1, 28, 10, 70_000),
+    "fashion_mnist": (1, 28, 10, 70_000),
+    "usps": (1, 16, 10, 9_298),
+    "cifar10": (3, 32, 10, 60_000),
+    "cifar100": (3, 32, 100, 60_000),
+}
+CPU_FLOPS = 60e9  # per core, sustained while training (measured, see the module docstring)
+GPU_FLOPS = 10e12
+TRIAL_OVERHEAD_S = 3.0
+
+
+@dataclass
+class DatasetShape:
+    channels: int
+    side: int
+    classes: int
+    n_train: int
+    n_val: int
+    n_test: int
+
+
+def dataset_shape(ds: DatasetSpec) -> DatasetShape | None:
+    """Shape and split sizes of a dataset variant, or None if only loading it can tell."""
+    if ds.name not in SHAPES:
+        return None
+    channels, side, classes, pooled = SHAPES[ds.name]
+    if ds.classes is not None:  # a class subset keeps its share of the (balanced) pool
+        kept = ds.classes if isinstance(ds.classes, int) else len(ds.classes)
+        pooled, classes = pooled * kept // classes, kept
+    fractions = paper_fractions(ds.name) if ds.split == "paper" else tuple(ds.split)
+    if ds.split == "paper" and ds.classes is None and ds.name in PAPER_SIZES:
+        n_train, n_val, n_test = PAPER_SIZES[ds.name]
+    else:
+        n_val, n_test = (round(pooled * f / sum(fractions)) for f in fractions[1:])
+        n_train = pooled - n_val - n_test
+    if ds.max_train is not None:
+        n_train = min(n_train, ds.max_train)
+    return DatasetShape(ds.channels or channels, ds.resolution or side, classes, n_train,
+                        n_val, n_test)
+
+
+@functools.lru_cache(maxsize=64)
+def forward_flops(arch: str, options_json: str, channels: int, side: int, classes: int) -> float:
+    """FLOPs of one forward pass of one image."""
+    import json
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from kdtune.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(arch, channels, classes, side, json.loads(options_json))
+        x = torch.empty(1, channels, side, side)
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    return float(counter.get_total_flops())
+
+
+def _flops(spec: StudySpec, role: str, shape: DatasetShape) -> float:
+    import json
+
+    model = spec.teacher if role == "teacher" else spec.student
+    return forward_flops(model.arch, json.dumps(model.options, sort_keys=True), shape.channels,
+                         shape.side, shape.classes)
+
+
+def _num(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _duration(hours: float) -> str:
+    if hours < 1:
+        return f"{hours * 60:.2g} min"
+    return f"{hours:.3g} h" if hours < 48 else f"{hours / 24:.3g} days"
+
+
+def estimate(spec: StudySpec) -> list[str]:
+    """Lines for ``kdtune validate``: FLOPs and device time of the whole plan."""
+    distils = [m for m in spec.methods if m != "scratch"]
+    t_epochs, s_epochs = spec.training.teacher_epochs, spec.training.student_epochs
+    student_trials = spec.search.trials + len(spec.final.seeds)
+    teacher_flops = student_flops = 0.0
+    trials, unknown = 0, []
+    for ds in spec.datasets:
+        shape = dataset_shape(ds)
+        if shape is None:
+            unknown.append(ds.label)
+            continue
+        ft, fs = _flops(spec, "teacher", shape), _flops(spec, "student", shape)
+        if distils:
+            teacher_flops += t_epochs * (3 * ft * shape.n_train + ft * shape.n_val)
+            trials += 1
+        per_student = s_epochs * (3 * fs * shape.n_train + fs * shape.n_val)
+        student_flops += len(spec.methods) * student_trials * per_student
+        # a distilled student runs the teacher forward on every training image
+        student_flops += len(distils) * student_trials * s_epochs * ft * shape.n_train
+        trials += len(spec.methods) * student_trials
+    total = teacher_flops + student_flops
+    t_cpus, t_gpus = spec.resources.for_role("teacher")
+    s_cpus, s_gpus = spec.resources.for_role("student")
+    lines = [f"  compute: {total / 1e15:.3g} PFLOP ({teacher_flops / 1e15:.3g} teachers, "
+             f"{student_flops / 1e15:.3g} students) over {trials} trials"]
+    overhead_h = trials * TRIAL_OVERHEAD_S / 3600
+    # 'auto' and 'fit' are resolved against the cluster at run time (fit: measured memory)
+    wants_gpu = [g for g in (t_gpus, s_gpus) if isinstance(g, str) or g > 0]
+    if wants_gpu:
+        gpu_h = total / GPU_FLOPS / 3600 + overhead_h
+        if isinstance(s_gpus, str):
+            share = f"{s_gpus} (resolved on the cluster at run time)"
+        else:
+            share = (f"{s_gpus:g}, so up to {int(1 / s_gpus) if s_gpus else 0} students share "
+                     "one")
+        t_share = t_gpus if isinstance(t_gpus, str) else f"{t_gpus:g}"
+        lines.append(f"  estimate: ~{_num(gpu_h)} GPU-hours at {GPU_FLOPS / 1e12:g} TFLOP/s "
+                     f"sustained (a GPU per teacher trial: {t_share}, per student trial: "
+                     f"{share})")
+    cpu_h = total / CPU_FLOPS / 3600 + overhead_h * max(t_cpus, s_cpus)
+    lines.append(f"  estimate: ~{_num(cpu_h)} CPU core-hours at {CPU_FLOPS / 1e9:g} GFLOP/s per "
+                 f"core (~{_duration(cpu_h / 2)} wall on 2 cores)")
+    if unknown:
+        lines.append(f"  (not counted: {', '.join(unknown)}: their sizes are known once loaded)")
+    return lines

@@ -1,0 +1,266 @@
+"""The report's text and table sections: the answer, the overview, the paper's tables, trials."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import yaml
+
+from kdtune.report.data import HYPERPARAMS, Run, _num, compute_summary
+from kdtune.report.html import cell, esc, fmt, fmt_duration, missing, note, table
+
+# Belinga et al. 2024, test accuracy % (ResNet50 teacher, ResNet18 student): Tables 5-7
+PAPER = {
+    "mnist": {"teacher": 98.33, "scratch": 97.90, "rkd": 98.00, "ikd": 98.43},
+    "fashion_mnist": {"teacher": 89.90, "scratch": 88.47, "rkd": 87.60, "ikd": 89.97},
+    "usps": {"teacher": 90.22, "scratch": 86.07, "rkd": 88.72, "ikd": 88.72},
+    "cifar10": {"teacher": 75.23, "scratch": 63.47, "rkd": 64.13, "ikd": 74.70},
+    "cifar100": {"teacher": 48.70, "scratch": 34.60, "rkd": 35.03, "ikd": 49.83},
+}
+PAPER_NOTE = ("Published: Belinga et al. 2024 (ResNet50 teacher → ResNet18 student, α = 0.7, "
+              "τ = 4, full datasets): a reference for the direction of the effect, not a "
+              "like-for-like comparison.")
+
+
+def spec_of(run: Run) -> dict[str, Any]:
+    if not run.spec_text:
+        return {}
+    try:
+        data = yaml.safe_load(run.spec_text)
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _arch(spec: dict[str, Any], role: str) -> str:
+    part = spec.get(role)
+    if not isinstance(part, dict):
+        return role
+    options = part.get("options") or {}
+    widths = options.get("widths") if isinstance(options, dict) else None
+    return str(part.get("arch", role)) + (f" {'/'.join(map(str, widths))}"
+                                          if isinstance(widths, list) else "")
+
+
+def _paper_key(run: Run, dataset: str) -> str | None:
+    meta = run.dataset_meta(dataset)
+    if meta.get("knob"):  # a controlled variant is not the dataset the paper measured
+        return None
+    name = str(meta.get("name") or dataset)
+    return name if name in PAPER and dataset == name else None
+
+
+# ----------------------------------------------------------------------------- the answer
+
+def answer(run: Run) -> str:
+    """One line per dataset: did distillation pay, with which method and settings."""
+    parts = []
+    for dataset in run.dataset_labels:
+        rows = [g for g in run.gains if g["dataset"] == dataset and g["method"] != "scratch"
+                and not missing(g["gain_pts"])]
+        if not rows:
+            continue
+        best = max(rows, key=lambda g: g["gain_pts"])
+        significant = _num(best["gain_ci_low"]) and best["gain_ci_low"] > 0
+        verdict = ("distillation paid" if significant else
+                   "no gain distinguishable from zero at 95%" if best["gain_pts"] > 0
+                   or not _num(best["gain_ci_low"]) else "distillation did not pay")
+        hps = ", ".join(f"{k}={fmt(best[k], '.3g')}" for k in ("alpha", "tau", "hint_layer")
+                        if best.get(k) is not None)
+        parts.append(f"<li><b>{esc(dataset)}</b>: {verdict}; best method "
+                     f"<b>{esc(best['method'])}</b>{f' ({hps})' if hps else ''} at "
+                     f"{fmt(best['gain_pts'], '+.2f')} points "
+                     f"[{fmt(best['gain_ci_low'], '+.2f')}, {fmt(best['gain_ci_high'], '+.2f')}]"
+                     ".</li>")
+    return "<ul>" + "".join(parts) + "</ul>" if parts else "<p>No final evaluation yet.</p>"
+
+
+# ----------------------------------------------------------------------------- overview
+
+HIDDEN_META = {"datasets", "study"}
+
+
+def overview(run: Run) -> str:
+    spec = spec_of(run)
+    s = compute_summary(run.trials)
+    out = []
+    if spec.get("description"):
+        out.append(f"<p>{esc(spec['description'])}</p>")
+    if spec:
+        methods = spec.get("methods")
+        out.append(f"<p>Teacher <b>{esc(_arch(spec, 'teacher'))}</b> → student "
+                   f"<b>{esc(_arch(spec, 'student'))}</b>"
+                   + (f"; methods {esc(', '.join(map(str, methods)))}"
+                      if isinstance(methods, list) else "") + ".</p>")
+    if run.spec_text:
+        out.append("<details><summary>the study spec (spec.yaml)</summary>"
+                   f"<pre class='spec'>{esc(run.spec_text)}</pre></details>")
+    else:
+        out.append(note("No spec.yaml in the run directory."))
+    # datasets, with the complexity columns first where they were measured
+    if run.datasets:
+        cols = list(dict.fromkeys(k for d in run.datasets for k in d))
+        lead = [c for c in ("dataset", "name", "complexity_score", "knob", "knob_value")
+                if c in cols]
+        cols = lead + [c for c in cols if c not in lead]
+        rows = [[cell(fmt(d.get(c), ".3g"), d.get(c)) for c in cols] for d in run.datasets]
+        out.append(table(cols, rows, "datasets", "Datasets"))
+        if "complexity_score" not in cols:
+            out.append(note("Complexity was not measured in this run (no complexity_score in "
+                            "datasets.parquet)."))
+    else:
+        out.append(note("No datasets.parquet in the run directory."))
+    # hardware and run facts from run.json
+    facts = [[esc(k), fmt(v, ".4g") if not isinstance(v, (dict, list)) else
+              esc(json.dumps(v, default=str))] for k, v in run.meta.items()
+             if k not in HIDDEN_META]
+    counts = ", ".join(f"{n} {esc(k)}" for k, n in s["by_status"].items())
+    saved_pct = (f" ({100 * s['epochs_saved'] / s['epochs_budget']:.1f}% of the budget)"
+                 if s["epochs_budget"] else "")
+    facts += [
+        ["trials", f"{s['trials']} ({counts})"],
+        ["total compute", f"{fmt_duration(s['compute_s'])} of trial time "
+                          f"({s['compute_s']:.0f} s summed over trials)"],
+        ["epochs trained", str(s["epochs_run"])],
+        ["epochs saved by early stopping",
+         f"{s['epochs_saved']} over {s['n_stopped']} stopped trial(s){saved_pct}"],
+    ]
+    if not run.meta:
+        out.append(note("No run.json in the run directory: hardware unknown."))
+    out.append(table(["", ""], facts, "kv", "Run and hardware"))
+    out.append(failures(run))
+    return "\n".join(out)
+
+
+def failures(run: Run) -> str:
+    """What failed and why: a study goes on past failed trials, and the report says so."""
+    failed = [r for r in run.trials if r["status"] == "failed"]
+    if not failed:
+        return ""
+    rows = [[esc(r["stage"]), esc(r["dataset"]), esc(r["method"]), fmt(r["seed"]),
+             fmt(r.get("lr"), ".3g"), esc(r.get("failure"))] for r in failed]
+    return (table(["stage", "dataset", "method", "seed", "lr", "reason"], rows, "failures",
+                  f"Failed trials ({len(failed)})")
+            + note("Failed trials are recorded with their reason and left out of every "
+                   "selection and gain."))
+
+
+# ----------------------------------------------------------------------------- paper's tables
+
+def _mean_sd(g: dict[str, Any]) -> str:
+    sd = g.get("test_acc_std")
+    return (f"{fmt(g['test_acc_mean'])} ± {fmt(sd)}" if _num(sd) else fmt(g["test_acc_mean"]))
+
+
+def _gain_cell(gain: float, low: float, high: float) -> dict[str, Any]:
+    if missing(gain):
+        return cell("–", None)
+    cls = "pos" if _num(low) and low > 0 else "neg" if _num(high) and high < 0 else ""
+    ci = f" [{fmt(low, '+.2f')}, {fmt(high, '+.2f')}]" if _num(low) else " (one seed)"
+    return {"html": f"<span class='{cls}'>{fmt(gain, '+.2f')}</span>{ci}", "sort": gain}
+
+
+def teacher_table(run: Run) -> str:
+    """The paper's Table 5: teacher versus the scratch student."""
+    spec = spec_of(run)
+    scratch = {g["dataset"]: g for g in run.gains if g["method"] == "scratch"}
+    teachers: dict[str, list[dict[str, Any]]] = {}
+    for r in run.trials:
+        if r["role"] == "teacher" and r["status"] in ("finished", "reused"):
+            teachers.setdefault(r["dataset"], []).append(r)
+    paper = any(_paper_key(run, d) for d in run.dataset_labels)
+    rows = []
+    for d in run.dataset_labels:
+        t = [r["test_acc"] for r in teachers.get(d, []) if _num(r["test_acc"])]
+        tacc = sum(t) / len(t) if t else math.nan
+        g = scratch.get(d)
+        gap = tacc - g["test_acc_mean"] if g and t else math.nan
+        if not t and not g:
+            continue
+        status = ", ".join(sorted({esc(r["status"]) for r in teachers.get(d, [])}))
+        row = [esc(d), cell(fmt(tacc) + (f" <span class='muted'>({status})</span>"
+                                         if status else ""), tacc),
+               cell(_mean_sd(g) if g else "–", g["test_acc_mean"] if g else None),
+               cell(str(g["n_seeds"]) if g else "–", g["n_seeds"] if g else None),
+               cell(fmt(gap, "+.2f"), gap)]
+        if paper:
+            key = _paper_key(run, d)
+            p = PAPER.get(key or "", {})
+            row += [fmt(p.get("teacher")), fmt(p.get("scratch")),
+                    fmt(p["teacher"] - p["scratch"], "+.2f") if p else "–"]
+        rows.append(row)
+    headers = ["dataset", f"teacher {_arch(spec, 'teacher')}: test acc %",
+               f"scratch student {_arch(spec, 'student')}: test acc % (mean ± sd)", "seeds",
+               "teacher − scratch, pts"]
+    if paper:
+        headers += ["published teacher", "published scratch", "published gap"]
+    if not rows:
+        return note("No teacher or scratch results yet.")
+    return table(headers, rows, "paper", "Table 5 · teacher versus the scratch student") + (
+        note(PAPER_NOTE) if paper else "")
+
+
+def method_table(run: Run, method: str) -> str:
+    """The paper's Tables 6 (RKD) and 7 (IKD), and the same for any other method."""
+    number = {"rkd": "Table 6 · ", "ikd": "Table 7 · "}.get(method, "")
+    scratch = {g["dataset"]: g for g in run.gains if g["method"] == "scratch"}
+    paper = method in ("rkd", "ikd") and any(_paper_key(run, d) for d in run.dataset_labels)
+    rows = []
+    order = run.dataset_labels
+    for g in sorted((g for g in run.gains if g["method"] == method),
+                    key=lambda g: order.index(g["dataset"]) if g["dataset"] in order else 0):
+        s = scratch.get(g["dataset"])
+        hps = ", ".join(f"{k}={fmt(g.get(k), '.3g')}" for k in HYPERPARAMS
+                        if g.get(k) is not None)
+        row = [esc(g["dataset"]), cell(_mean_sd(s) if s else "–",
+                                       s["test_acc_mean"] if s else None),
+               cell(_mean_sd(g), g["test_acc_mean"]),
+               _gain_cell(g["gain_pts"], g["gain_ci_low"], g["gain_ci_high"]),
+               cell(str(g["n_seeds"]), g["n_seeds"]), hps or "–"]
+        if paper:
+            p = PAPER.get(_paper_key(run, g["dataset"]) or "", {})
+            row += [fmt(p.get("scratch")), fmt(p.get(method)),
+                    fmt(p[method] - p["scratch"], "+.2f") if p else "–"]
+        rows.append(row)
+    if not rows:
+        return ""
+    headers = ["dataset", "scratch: test acc %", f"{method}: test acc %",
+               "gain, pts [95% CI]", "seeds", "config (selected on validation)"]
+    if paper:
+        headers += ["published scratch", f"published {method}", "published gain"]
+    return table(headers, rows, "paper",
+                 f"{number}scratch student versus {esc(method)}") + (
+        note(PAPER_NOTE) if paper else "")
+
+
+# ----------------------------------------------------------------------------- every trial
+
+KNOWN = ["stage", "trial_id", "dataset", "method", "role", "seed", "alpha", "tau", "hint_layer",
+         "beta", "lr", "val_acc", "test_acc", "epochs_run", "epochs_budget", "status",
+         "failure", "wall_s"]
+NOT_SHOWN = {"study", "run_id", "config_json", "node_id", "teacher_id", "finished_at"}
+FORMATS = {"alpha": ".3g", "tau": ".3g", "beta": ".3g", "lr": ".3g", "wall_s": ".1f"}
+
+
+def trials_table(runs: list[Run]) -> str:
+    multi = len(runs) > 1
+    extras: list[str] = []
+    for run in runs:
+        for r in run.trials:
+            for k in r:
+                if k not in KNOWN and k not in NOT_SHOWN and k not in extras:
+                    extras.append(k)
+    cols = (["run"] if multi else []) + KNOWN + extras
+    rows = []
+    for run in runs:
+        for r in run.trials:
+            row = [esc(run.label)] if multi else []
+            for c in KNOWN + extras:
+                v = r.get(c)
+                if isinstance(v, (dict, list)):
+                    v = json.dumps(v, default=str)
+                row.append(cell(fmt(v, FORMATS.get(c, ".2f")), v))
+            rows.append(row)
+    return "<div class='trials-wrap'>" + table(cols, rows, "trials") + "</div>"

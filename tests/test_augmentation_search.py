@@ -1,0 +1,62 @@
+"""Augmentation policy and augmented share as searched study dimensions."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from kdtune.search import define_space, searched_dimensions, space_of
+from kdtune.spec import SpecError, parse_spec
+from kdtune.trainables import _budget
+
+
+def _spec(tiny_spec_dict, **search):
+    tiny_spec_dict["search"].update(search)
+    return parse_spec(tiny_spec_dict)
+
+
+def _sample(spec, method, n=40):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        fixed = define_space(trial, method, space_of(spec))
+        out.append(trial.params | fixed)
+        study.tell(trial, 0.0)
+    return out
+
+
+@pytest.mark.parametrize("method", ["scratch", "rkd"])
+def test_policy_and_share_are_sampled_for_every_method(tiny_spec_dict, method):
+    spec = _spec(tiny_spec_dict, augmentation=["none", "paper", "crop_flip"],
+                 aug_share=[0.2, 0.9])
+    configs = _sample(spec, method)
+    assert {c["augmentation"] for c in configs} == {"none", "paper", "crop_flip"}
+    for c in configs:
+        # the share exists only where a policy augments (define-by-run)
+        assert ("aug_share" in c) == (c["augmentation"] != "none")
+        if "aug_share" in c:
+            assert 0.2 <= c["aug_share"] <= 0.9
+    assert searched_dimensions(spec, method)[:2] == ["augmentation", "aug_share"]
+
+
+def test_share_alone_uses_the_fixed_policy(tiny_spec_dict):
+    tiny_spec_dict["training"]["augmentation"] = "crop_flip"
+    spec = _spec(tiny_spec_dict, aug_share=[0.0, 1.0])
+    configs = _sample(spec, "ikd", n=5)
+    assert all("augmentation" not in c and 0 <= c["aug_share"] <= 1 for c in configs)
+
+
+def test_share_without_any_policy_is_rejected(tiny_spec_dict):
+    with pytest.raises(SpecError, match=r"^search.aug_share: nothing to share"):
+        _spec(tiny_spec_dict, aug_share=[0.0, 1.0])
+    with pytest.raises(SpecError, match=r"^search.augmentation\[1\]: unknown augmentation 'mix'"):
+        _spec(tiny_spec_dict, augmentation=["paper", "mix"])
+
+
+def test_the_trainable_uses_the_trial_config_and_the_teacher_the_spec(tiny_spec_dict):
+    spec = _spec(tiny_spec_dict, augmentation=["none", "paper"], aug_share=[0.0, 1.0])
+    student = _budget(spec, 2, {"augmentation": "paper", "aug_share": 0.3})
+    assert (student.augmentation, student.aug_share) == ("paper", 0.3)
+    teacher = _budget(spec, 3, {})  # teacher jobs carry no searched values
+    assert (teacher.augmentation, teacher.aug_share) == ("none", 1.0)

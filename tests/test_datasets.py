@@ -1,0 +1,143 @@
+"""Datasets by name: the paper's split sizes, image folders, IDX files, clear errors (no network)."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kdtune import data
+from kdtune.cli import main
+from kdtune.data import (
+    PAPER_SIZES,
+    DatasetError,
+    DatasetUnavailable,
+    load_splits,
+    paper_fractions,
+    split_indices,
+)
+
+
+def _write_idx(path, array: np.ndarray) -> None:
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I",
+                                                                      *array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+def _fake_idx_folder(folder, n_train=120, n_test=40, seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return folder
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_SIZES))
+def test_paper_split_gives_the_core_study_sizes_exactly(name):
+    sizes = PAPER_SIZES[name]
+    # a balanced stand-in pool of the real size: 10 classes (100 for CIFAR-100)
+    classes = 100 if name == "cifar100" else 10
+    labels = np.arange(sum(sizes)) % classes
+    parts = split_indices(labels, paper_fractions(name), seed=3)
+    assert tuple(len(p) for p in parts) == sizes
+    # stratified: every class has its proportional share of the test split
+    counts = np.bincount(labels[parts[2]], minlength=classes)
+    assert counts.max() - counts.min() <= 1
+
+
+def test_debian_fashion_mnist_is_found_without_download(tmp_path, monkeypatch):
+    # Debian's dataset-fashion-mnist layout: gzip IDX files directly in one folder
+    debian = _fake_idx_folder(tmp_path / "usr-share-datasets-fashion-mnist")
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", debian)
+    splits = load_splits("fashion_mnist", download=False)
+    assert splits.train_x.shape[1:] == (1, 28, 28)
+    assert sum(splits.sizes().values()) == 160
+    # the same proportions as the core study's 60,000 / 7,000 / 3,000
+    assert splits.sizes()["test"] == round(160 * 3_000 / 70_000)
+
+
+def test_missing_fashion_mnist_names_the_debian_package(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    with pytest.raises(DatasetUnavailable) as info:
+        load_splits("fashion_mnist", data_dir=tmp_path)
+    message = str(info.value)
+    assert "apt-get install dataset-fashion-mnist" in message and "--download" in message
+    assert "--data-dir" in message and "\n" not in message
+
+
+def test_cli_run_with_a_missing_dataset_exits_2_with_one_line(tiny_spec_dict, write_spec,
+                                                               tmp_path, capsys):
+    tiny_spec_dict["datasets"] = [{"name": "mnist", "data_dir": str(tmp_path / "none")}]
+    storage = tmp_path / "storage"
+    assert main(["run", str(write_spec(tiny_spec_dict)), "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kdtune: error: dataset 'MNIST' not found") and "\n" not in err
+    assert "--download" in err and "--data-dir" in err
+    assert not any(p.name.startswith("tiny-") for p in storage.iterdir())  # no run dir made
+
+
+def _image_folder(root, classes=("cat", "dog", "eel"), per_class=6, size=(10, 12),
+                  mode="RGB"):
+    rng = np.random.default_rng(0)
+    for index, cls in enumerate(classes):
+        folder = root / cls
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+            pixels = rng.integers(0, 60, shape) + 60 * index  # classes differ in brightness
+            Image.fromarray(pixels.astype(np.uint8), mode).save(folder / f"{i}.png")
+    return root
+
+
+def test_image_folder_loads_classes_in_sorted_order(tmp_path):
+    root = _image_folder(tmp_path / "pets")
+    (root / "cat" / "notes.txt").write_text("not an image, ignored")
+    # one odd-sized image is resized to the common size
+    Image.new("RGB", (20, 20), (1, 2, 3)).save(root / "dog" / "big.jpg")
+    splits = load_splits("imagefolder", path=root, fractions=(0.5, 0.25, 0.25))
+    assert splits.num_classes == 3 and splits.channels == 3
+    assert splits.train_x.shape[2:] == (12, 10)  # (height, width) of the common size
+    assert sum(splits.sizes().values()) == 19
+    x = torch.cat([splits.train_x, splits.val_x, splits.test_x]).float().mean(dim=(1, 2, 3))
+    y = torch.cat([splits.train_y, splits.val_y, splits.test_y])
+    # cat (label 0) is the darkest, eel (label 2) the brightest: labels follow sorted names
+    means = [float(x[y == k].mean()) for k in range(3)]
+    assert means[0] < means[1] < means[2]
+
+
+def test_grey_image_folder_has_one_channel(tmp_path):
+    splits = load_splits("imagefolder", path=_image_folder(tmp_path / "g", mode="L"),
+                         fractions=(0.5, 0.25, 0.25))
+    assert splits.channels == 1
+
+
+@pytest.mark.parametrize("breakage,expected", [
+    ("empty", "class folder 'dog' holds no images"),
+    ("unreadable", "cannot read image dog/broken.png"),
+    ("single", "only one class folder ('cat')"),
+])
+def test_bad_image_folder_gives_a_clear_error_naming_it(tmp_path, breakage, expected):
+    root = tmp_path / "mine"
+    if breakage == "single":
+        _image_folder(root, classes=("cat",))
+    else:
+        _image_folder(root, classes=("cat", "eel"))
+        (root / "dog").mkdir()
+        if breakage == "unreadable":
+            (root / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(DatasetError) as info:
+        load_splits("imagefolder", path=root)
+    assert str(root) in str(info.value) and expected in str(info.value)
+
+
+def test_cli_complexity_of_a_bad_image_folder_exits_2(tmp_path, capsys):
+    (tmp_path / "solo" / "only").mkdir(parents=True)
+    assert main(["complexity", "imagefolder", "--path", str(tmp_path / "solo")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "solo" in err and "at least two" in err and "\n" not in err

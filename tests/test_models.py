@@ -1,0 +1,108 @@
+"""The model registry: every architecture at any channel count, hint shapes for every pair of
+taps through the FitNets regressor, multi-exit students, and ``kdtune models``."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torchvision.models.feature_extraction import create_feature_extractor
+
+from kdtune.cli import main
+from kdtune.distill import HintRegressor
+from kdtune.models import (
+    ARCHS,
+    MultiExit,
+    arch_taps,
+    build_model,
+    count_flops,
+    count_parameters,
+    model_taps,
+)
+
+# small inputs keep the ResNet-50 forward cheap; 16 px still leaves layer4 a 2x2 map
+IMAGE_SIZE, CHANNELS, CLASSES = 16, 3, 10
+
+
+@pytest.fixture(scope="module")
+def tap_shapes() -> dict[tuple[str, str], torch.Size]:
+    """(arch, tap) -> feature shape of a 2-image batch, one forward per architecture."""
+    torch.manual_seed(0)
+    x = torch.randn(2, CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
+    shapes = {}
+    for arch in ARCHS:
+        model = build_model(arch, CHANNELS, CLASSES, IMAGE_SIZE).eval()
+        taps = model_taps(model, arch)
+        assert taps == arch_taps(arch)
+        extractor = create_feature_extractor(model, return_nodes={t: t for t in taps})
+        with torch.no_grad():
+            out = extractor(x)
+        shapes.update({(arch, tap): out[tap].shape for tap in taps})
+    return shapes
+
+
+def test_every_teacher_student_tap_pair_regresses_to_the_teacher_shape(tap_shapes):
+    pairs = [(t, s) for t, s in itertools.product(tap_shapes, repeat=2)]
+    assert len(pairs) == sum(len(arch_taps(a)) for a in ARCHS) ** 2
+    # on the meta device the regressor's ops compute shapes without allocating or initialising
+    # 2048x2048 convolutions: 400 pairs in well under a second
+    with torch.no_grad(), torch.device("meta"):
+        for (t_arch, t_tap), (s_arch, s_tap) in pairs:
+            t_shape, s_shape = tap_shapes[(t_arch, t_tap)], tap_shapes[(s_arch, s_tap)]
+            regressor = HintRegressor(s_shape[1], t_shape[1]).eval()
+            out = regressor(torch.empty(s_shape), t_shape[-2:])
+            assert out.shape == t_shape, (t_arch, t_tap, s_arch, s_tap)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("channels,size", [(1, 8), (4, 12)])
+def test_any_channel_count_and_small_images(arch, channels, size):
+    model = build_model(arch, channels, 7, size).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, channels, size, size)).shape == (2, 7)
+
+
+def test_large_images_keep_the_imagenet_stem_with_any_channels():
+    model = build_model("resnet18", 1, 5, 40).eval()
+    assert model.conv1.kernel_size == (7, 7) and model.conv1.in_channels == 1
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 40, 40)).shape == (1, 5)
+
+
+def test_cifar_resnet_sizes_match_he_et_al():
+    # ResNet-20 has 0.27M parameters in He et al. 2016, table 6; ResNet-8 has one block a stage
+    assert 0.26e6 < count_parameters(build_model("resnet20", 3, 10, 32)) < 0.28e6
+    resnet8 = build_model("resnet8", 3, 10, 32)
+    assert [len(getattr(resnet8, f"layer{i}")) for i in (1, 2, 3)] == [1, 1, 1]
+    wide = build_model("resnet8", 3, 10, 32, {"widths": [32, 64, 128]})
+    assert wide.fc.in_features == 128
+
+
+def test_flops_count_convolutions_by_hand():
+    # small_cnn widths [4] on 1x8x8: conv 1->4 3x3 on 8x8 = 4*9*64 MACs, fc 4->10 = 40 MACs
+    model = build_model("small_cnn", 1, 10, 8, {"widths": [4]})
+    assert count_flops(model, 1, 8) == 2 * (4 * 9 * 64 + 40)
+
+
+def test_multi_exit_student_has_one_exit_per_stage():
+    model = build_model("resnet8", 1, 10, 8)
+    multi = MultiExit(model, "resnet8", 10, torch.randn(2, 1, 8, 8))
+    exits = multi(torch.randn(3, 1, 8, 8))
+    assert [e.shape for e in exits] == [(3, 10)] * 3
+    # the deepest exit is the model's own classifier
+    model.eval()
+    multi.eval()
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(multi(x)[-1], model(x))
+
+
+def test_models_command_lists_params_and_flops(capsys):
+    assert main(["models", "--image-size", "8", "--channels", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "1x8x8" in out
+    for arch in ARCHS:
+        assert f"\n{arch} " in out
+    assert "layer1, layer2, layer3" in out
+    assert main(["models", "--channels", "0"]) == 2
