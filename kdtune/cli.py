@@ -43,8 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", metavar="DIR",
                      help="where run directories and teachers go (default: the spec's storage)")
     run.add_argument("--address", metavar="ADDR",
-                     help="join an existing Ray cluster ('auto' or ray://HOST:10001) instead "
-                          "of starting an embedded Ray")
+                     help="join an existing Ray cluster ('auto' or HOST:6379) instead of "
+                          "starting an embedded Ray; RAY_ADDRESS (set by 'ray job submit') "
+                          "does the same")
     run.add_argument("--data-dir", metavar="DIR",
                      help="local datasets in torchvision's layout, for datasets without data_dir")
     run.add_argument("--download", action="store_true",
@@ -106,6 +107,7 @@ def _fail(message: str, code: int = 2) -> int:
 
 def _plan(spec, compute: bool = False) -> str:
     from kdtune.methods import teacher_sources
+    from kdtune.resources import requested
     from kdtune.search import searched_dimensions
 
     lines = [f"study {spec.study}: {len(spec.datasets)} dataset(s), methods "
@@ -128,6 +130,7 @@ def _plan(spec, compute: bool = False) -> str:
     lines.append(f"  plan: {n_teachers} teacher(s) (reused if already stored), {n_search} search "
                  f"trials, {n_final} final trainings (seeds {spec.final.seeds}); at most "
                  f"{epochs} training epochs; ASHA {'on' if spec.scheduler.asha else 'off'}")
+    lines.append(f"  resources per trial: {requested(spec)}")
     if compute:
         from kdtune.estimate import estimate
 
@@ -204,24 +207,27 @@ def main(argv: list[str] | None = None) -> int:
                                  args.image_size, args.channels, args.classes))
         return 0
 
-
+    from kdtune.cluster import ClusterError, cluster_address
     from kdtune.data import DatasetError
+    from kdtune.resources import ResourceError
     from kdtune.study import StorageError, Study, StudyError, resolve_paths, stop_on_sigterm
 
-    stop_on_sigterm()
+    stop_on_sigterm(fresh=True)
     study = None
     try:
+        cluster_address(args.address)  # a cluster kdtune cannot use fails before any work
         if args.command == "run":
             spec = load_spec(args.spec)
             spec = resolve_paths(spec, args.storage, args.data_dir, args.download or None)
             print(_plan(spec), flush=True)
-            study = Study.create(spec, Path(args.spec).read_text(encoding="utf-8"))
+            study = Study.create(spec, Path(args.spec).read_text(encoding="utf-8"),
+                                 address=args.address)
         else:
             study = Study.open(Path(args.run_dir))
         study.run(address=args.address)
         print(study.run_dir)
         return 0
-    except (SpecError, StorageError, DatasetError) as error:
+    except (SpecError, StorageError, DatasetError, ResourceError, ClusterError) as error:
         return _fail(str(error))
     except StudyError as error:
         return _fail(str(error), 1)

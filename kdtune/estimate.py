@@ -124,12 +124,19 @@ def estimate(spec: StudySpec) -> list[str]:
     lines = [f"  compute: {total / 1e15:.3g} PFLOP ({teacher_flops / 1e15:.3g} teachers, "
              f"{student_flops / 1e15:.3g} students) over {trials} trials"]
     overhead_h = trials * TRIAL_OVERHEAD_S / 3600
-    if t_gpus > 0 or s_gpus > 0:
+    # 'auto' and 'fit' are resolved against the cluster at run time (fit: measured memory)
+    wants_gpu = [g for g in (t_gpus, s_gpus) if isinstance(g, str) or g > 0]
+    if wants_gpu:
         gpu_h = total / GPU_FLOPS / 3600 + overhead_h
+        if isinstance(s_gpus, str):
+            share = f"{s_gpus} (resolved on the cluster at run time)"
+        else:
+            share = (f"{s_gpus:g}, so up to {int(1 / s_gpus) if s_gpus else 0} students share "
+                     "one")
+        t_share = t_gpus if isinstance(t_gpus, str) else f"{t_gpus:g}"
         lines.append(f"  estimate: ~{_num(gpu_h)} GPU-hours at {GPU_FLOPS / 1e12:g} TFLOP/s "
-                     f"sustained (a GPU per teacher trial: {t_gpus:g}, per student trial: "
-                     f"{s_gpus:g}, so up to {int(1 / s_gpus) if s_gpus else 0} students share "
-                     "one)")
+                     f"sustained (a GPU per teacher trial: {t_share}, per student trial: "
+                     f"{share})")
     cpu_h = total / CPU_FLOPS / 3600 + overhead_h * max(t_cpus, s_cpus)
     lines.append(f"  estimate: ~{_num(cpu_h)} CPU core-hours at {CPU_FLOPS / 1e9:g} GFLOP/s per "
                  f"core (~{_duration(cpu_h / 2)} wall on 2 cores)")

@@ -29,6 +29,8 @@ TRIAL_SCHEMA = pa.schema([
     ("epochs_run", pa.int64()), ("epochs_budget", pa.int64()), ("status", pa.string()),
     ("failure", pa.string()), ("wall_s", pa.float64()), ("teacher_id", pa.string()),
     ("node_id", pa.string()), ("finished_at", pa.string()),
+    # times Ray Tune restarted the trial from its last checkpoint (a worker or node died)
+    ("restarts", pa.int64()),
     # issue 4: the model trained and the model teaching it (they swap for `reversed`), the
     # omit-one-class experiment, per-class and per-exit (MSKD) test accuracies as JSON objects
     ("arch", pa.string()), ("teacher_arch", pa.string()), ("omitted_class", pa.int64()),

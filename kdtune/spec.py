@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from kdtune.data import AUGMENTATIONS, LOADERS
 from kdtune.knobs import Knobs
@@ -21,6 +30,7 @@ from kdtune.methods import METHOD_INFO
 from kdtune.models import ARCHS, arch_taps
 
 METHODS = tuple(METHOD_INFO)  # scratch, rkd, ikd, at, self, reversed, reversed_scratch, mskd
+GPU_MODES = ("auto", "fit")
 
 
 class SpecError(ValueError):
@@ -280,24 +290,96 @@ class FinalSpec(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
 
 
+def _gpu_request(value: Any) -> float | str:
+    """A GPU share per trial: a number (0.25 lets four trials share a GPU), 'auto' or 'fit'."""
+    if isinstance(value, str) and value.strip().lower() in GPU_MODES:
+        return value.strip().lower()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"gpus must be a number (0.25 lets four trials share a GPU), 'auto' or "
+                         f"'fit', got {value!r}")
+    if not value >= 0:  # also catches NaN
+        raise ValueError("Input should be greater than or equal to 0 (or 'auto', 'fit')")
+    if value > 1 and not float(value).is_integer():
+        # Ray's rule: a share of one GPU, or whole GPUs
+        raise ValueError(f"more than one GPU per trial must be a whole number, got {value}")
+    return float(value)
+
+
+_MEMORY_UNITS = {"": 2**30, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def _memory_request(value: Any) -> int | None:
+    """Memory per trial in bytes, from a number of GiB or a string such as '512MiB' or '4GiB'."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(?:i?b)?\s*", value.lower())
+        if not match:
+            raise ValueError(f"memory must be a number of GiB or a size such as '512MiB' or "
+                             f"'4GiB', got {value!r}")
+        number, unit = float(match[1]), _MEMORY_UNITS[match[2]]
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        number, unit = float(value), _MEMORY_UNITS[""]
+    else:
+        raise ValueError(f"memory must be a number of GiB or a size such as '4GiB', got {value!r}")
+    if not 0 < number * unit < 2**60:  # also catches NaN and infinity
+        raise ValueError(f"memory must be a positive size, got {value!r}")
+    return int(number * unit)
+
+
+GpuRequest = Annotated[float | str, BeforeValidator(_gpu_request)]
+MemoryRequest = Annotated[int | None, BeforeValidator(_memory_request)]
+
+
 class RoleResources(_Strict):
+    """What one role's trials ask for; a field left out takes the flat ``resources`` value."""
+
     cpus: float | None = Field(default=None, gt=0)
-    gpus: float | None = Field(default=None, ge=0)
+    gpus: GpuRequest | None = None
+    memory: MemoryRequest = None
 
 
 class ResourcesSpec(_Strict):
+    """Ray resources per trial. The flat values apply to every trial; ``teacher``, ``scratch``
+    and ``student`` override them for one role (scratch falls back to student, then to flat).
+    ``gpus: auto`` takes a GPU share where the cluster has GPUs and none otherwise; ``gpus: fit``
+    measures a training step's peak GPU memory and derives the largest share that fits."""
+
     cpus: float = Field(default=1, gt=0)
-    gpus: float = Field(default=0, ge=0)
-    # per-role overrides, e.g. a whole GPU per teacher trial and a quarter per student trial
+    gpus: GpuRequest = 0.0
+    memory: MemoryRequest = None
+    max_concurrent_trials: int | None = Field(default=None, ge=1)  # per stage, all roles
     teacher: RoleResources | None = None
+    scratch: RoleResources | None = None
     student: RoleResources | None = None
 
-    def for_role(self, role: str) -> tuple[float, float]:
-        """(cpus, gpus) of one trial of ``role`` ('teacher', or any student role)."""
-        over = self.teacher if role == "teacher" else self.student
-        cpus = over.cpus if over and over.cpus is not None else self.cpus
-        gpus = over.gpus if over and over.gpus is not None else self.gpus
-        return cpus, gpus
+    def _overrides(self, role: str) -> list[RoleResources]:
+        chain = {"teacher": [self.teacher], "scratch": [self.scratch, self.student]}
+        return [o for o in chain.get(role, [self.student]) if o is not None]
+
+    def _pick(self, role: str, name: str) -> Any:
+        for override in self._overrides(role):
+            if getattr(override, name) is not None:
+                return getattr(override, name)
+        return getattr(self, name)
+
+    def field_name(self, role: str, name: str) -> str:
+        """The spec field a role's value comes from, for error messages."""
+        for key, override in (("teacher", self.teacher), ("scratch", self.scratch),
+                              ("student", self.student)):
+            if (any(o is override for o in self._overrides(role))
+                    and getattr(override, name) is not None):
+                return f"resources.{key}.{name}"
+        return f"resources.{name}"
+
+    def for_role(self, role: str) -> tuple[float, float | str]:
+        """(cpus, gpus) asked for one trial of ``role``: 'teacher', 'scratch', or any student
+        role ('student', 'search', 'final'); gpus may still be 'auto' or 'fit'."""
+        return self._pick(role, "cpus"), self._pick(role, "gpus")
+
+    def memory_for(self, role: str) -> int | None:
+        """Bytes of memory one trial of ``role`` reserves with Ray, or None."""
+        return self._pick(role, "memory")
 
 
 class SchedulerSpec(_Strict):

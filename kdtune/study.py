@@ -21,13 +21,15 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import yaml
 
-from kdtune.data import DatasetUnavailable
+from kdtune.cluster import ResourcesByMethod, check_shared_storage, cluster_address
+from kdtune.data import DatasetUnavailable, Splits
 from kdtune.methods import METHOD_INFO, PRETRAINED, row_columns, teacher_sources
+from kdtune.resources import ClusterView, ResourcePlan, Shape, resolve, roles_needed
 from kdtune.results import (
     GAIN_SCHEMA,
     GAINS_FILE,
@@ -39,6 +41,9 @@ from kdtune.results import (
 )
 from kdtune.spec import DatasetSpec, SpecError, StudySpec, parse_spec
 from kdtune.trainables import flat_config, teacher_path
+
+if TYPE_CHECKING:
+    from kdtune.multisearch import SearchPart
 
 DATASETS_FILE = "datasets.parquet"
 SPEC_FILE = "spec.yaml"
@@ -94,17 +99,20 @@ def resolve_paths(spec: StudySpec, storage: str | None, data_dir: str | None,
     return spec.model_copy(update={"storage": storage_path, "datasets": datasets})
 
 
-def check_datasets(spec: StudySpec, log: Callable[[str], None] | None = None
-                   ) -> list[dict[str, Any]]:
+def check_datasets(spec: StudySpec, log: Callable[[str], None] | None = None,
+                   keep: list[Splits] | None = None) -> list[dict[str, Any]]:
     """Load every dataset once in the driver: a missing one fails before any trial starts.
 
     Each dataset's complexity is measured here too (seconds), so it is stored with the results.
+    The loaded splits are appended to ``keep``: trials get them through Ray's object store.
     """
     from kdtune.complexity import as_row, measure
 
     rows = []
     for ds in spec.datasets:
         splits = ds.load()
+        if keep is not None:
+            keep.append(splits)
         sizes = splits.sizes()
         cx = measure(splits, ds.label)
         knob, knob_value = ds.knob()
@@ -124,8 +132,15 @@ def check_datasets(spec: StudySpec, log: Callable[[str], None] | None = None
     return rows
 
 
-def check_storage(storage: Path, min_free: int = MIN_FREE_BYTES) -> None:
+def check_storage(storage: str | Path, min_free: int = MIN_FREE_BYTES) -> None:
     """Fail before any trial starts if ``storage`` cannot take a run: unwritable or full."""
+    if "://" in str(storage):
+        # Tune could write there, but kdtune's own files (Parquet after every trial, teachers,
+        # the Optuna journal with its file lock) are written with local file operations
+        raise StorageError(f"storage {storage}: object storage is not supported yet; use a "
+                           f"path every node of the cluster mounts (NFS, EFS, Filestore, a "
+                           f"Kubernetes volume)")
+    storage = Path(storage)
     probe = storage / f".kdtune-write-test-{os.getpid()}"
     try:
         storage.mkdir(parents=True, exist_ok=True)
@@ -160,24 +175,29 @@ def _write_json_atomic(data: dict[str, Any], path: Path) -> None:
 # ----------------------------------------------------------------------------- Tune glue
 
 def _tune_callback(store: ResultsStore, spec: StudySpec, stage: str, role: str,
-                   expected: int, log: Callable[[str], None]):
+                   expected: int | dict[str, int], log: Callable[[str], None]):
+    """The driver-side callback of one Tuner. ``stage`` and ``role`` are defaults: a trial
+    whose config names its own (several searches and the final runs share a Tuner) keeps them;
+    ``expected`` counts the trials of each stage, for the progress lines."""
     from ray.tune import Callback
 
     labels = [ds.label for ds in spec.datasets]
+    totals = expected if isinstance(expected, dict) else {stage: expected}
 
     class Recorder(Callback):
         """Writes each finished trial to Parquet at once and prints progress."""
 
         def __init__(self) -> None:
-            self.done = 0
-            self.best: float | None = None
+            self.done: dict[str, int] = {}
+            self.best: dict[str, float] = {}
 
         def _base(self, trial) -> dict[str, Any]:
             c = flat_config(trial.config)
-            return {"study": spec.study, "run_id": store.run_dir.name, "stage": stage,
-                    "trial_id": f"{stage}:{trial.trial_id}",
+            own = c.get("stage", stage)
+            return {"study": spec.study, "run_id": store.run_dir.name, "stage": own,
+                    "trial_id": f"{own}:{trial.trial_id}",
                     "dataset": labels[int(c["dataset_index"])], "method": c["method"],
-                    "role": role, "seed": int(c["seed"])}
+                    "role": c.get("role", role), "seed": int(c["seed"])}
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if "epoch" not in result:
@@ -186,13 +206,14 @@ def _tune_callback(store: ResultsStore, spec: StudySpec, stage: str, role: str,
                 "epoch", "train_loss", "loss_ce", "loss_kd", "loss_hint", "val_acc", "epoch_s",
                 "wall_s", "loss_at")}
             store.add_epoch(row)
-            if role == "teacher":
-                log(f"  [{stage}] {row['dataset']} teacher epoch {row['epoch']}/"
+            if row["role"] == "teacher":
+                log(f"  [{row['stage']}] {row['dataset']} teacher epoch {row['epoch']}/"
                     f"{spec.training.teacher_epochs}: val {row['val_acc']:.1f}%")
 
         def _finish(self, trial, status: str | None, failure: str | None) -> None:
             c, last = flat_config(trial.config), trial.last_result or {}
-            budget = (spec.training.teacher_epochs if role == "teacher"
+            base = self._base(trial)
+            budget = (spec.training.teacher_epochs if base["role"] == "teacher"
                       else spec.training.student_epochs)
             epochs_run = int(last.get("epoch") or 0)
             if status is None:
@@ -200,7 +221,7 @@ def _tune_callback(store: ResultsStore, spec: StudySpec, stage: str, role: str,
                     status, failure = "failed", last.get("failure")
                 else:
                     status = "finished" if epochs_run >= budget else "stopped"
-            row = self._base(trial) | {
+            row = base | {
                 "alpha": c.get("alpha"), "tau": c.get("tau"), "hint_layer": c.get("hint_layer"),
                 "beta": c.get("beta"), "lr": float(c.get("lr", spec.training.lr)),
                 "config_json": json.dumps({k: v for k, v in sorted(c.items())
@@ -209,25 +230,32 @@ def _tune_callback(store: ResultsStore, spec: StudySpec, stage: str, role: str,
                 "test_acc": last.get("test_acc"), "epochs_run": epochs_run,
                 "epochs_budget": budget, "status": status, "failure": failure,
                 "wall_s": last.get("wall_s"), "teacher_id": c.get("teacher_id"),
-                "node_id": last.get("node_id"),
+                "node_id": last.get("node_id"), "restarts": int(trial.num_failures),
                 "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 **row_columns(spec, c["method"], last),
             }
             store.finish_trial(row)
-            self.done += 1
+            own = row["stage"]
+            self.done[own] = self.done.get(own, 0) + 1
             if row["val_acc"] is not None and status == "finished":
-                self.best = max(self.best or 0.0, row["val_acc"])
+                self.best[own] = max(self.best.get(own, 0.0), row["val_acc"])
             hp = " ".join(f"{k}={row[k]:.3g}" if isinstance(row[k], float) else f"{k}={row[k]}"
                           for k in ("alpha", "tau", "hint_layer", "lr") if row[k] is not None
                           and (k != "lr" or spec.search.lr))
             hp += "".join(f" {k}={c[k]:.3g}" if isinstance(c[k], float) else f" {k}={c[k]}"
                           for k in ("augmentation", "aug_share") if k in c)
             val = f"val {row['val_acc']:.1f}%" if row["val_acc"] is not None else "no val"
-            best = f" (best {self.best:.1f}%)" if self.best is not None and role == "search" else ""
+            best = (f" (best {self.best[own]:.1f}%)" if own in self.best
+                    and row["role"] == "search" else "")
             why = f" [{status}: {failure}]" if failure else (" [stopped early]" if status == "stopped" else "")
-            log(f"  [{stage}] {self.done}/{expected} {row['dataset']} {row['method']} seed "
+            why += f" [restarted {row['restarts']}x from its checkpoint]" if row["restarts"] else ""
+            log(f"  [{own}] {self.done[own]}/{totals.get(own, '?')} {row['dataset']} "
+                f"{row['method']} seed "
                 f"{row['seed']}: {val}{best} after {epochs_run} epochs, "
                 f"{row['wall_s'] or 0:.0f}s {hp}{why}")
+
+        def on_step_end(self, iteration, trials, **info):
+            check_stop()
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._finish(trial, None, None)
@@ -244,28 +272,46 @@ def _tune_callback(store: ResultsStore, spec: StudySpec, stage: str, role: str,
 
 def _fit(trainable, spec: StudySpec, run_dir: Path, stage: str, param_space: dict[str, Any],
          num_samples: int, callback, searcher=None, scheduler=None,
-         role: str = "student") -> None:
+         plan: ResourcePlan | None = None, **parameters: Any) -> None:
+    """One stage as a Tuner. ``parameters`` (object refs of the datasets and teachers) reach
+    the trainable through ``tune.with_parameters``, never through its closure."""
     from ray import tune
 
-    cpus, gpus = spec.resources.for_role(role)
-    resources = {"cpu": cpus, "gpu": gpus}
+    check_stop()
+    if plan is None:
+        resources: Any = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
+    elif len({tuple(sorted(r.bundle().items())) for r in plan.roles.values()}) == 1:
+        resources = next(iter(plan.roles.values())).bundle()
+    else:  # roles differ: each trial's bundle follows its method
+        resources = ResourcesByMethod(plan)
+    # Tune lets a custom searcher have one trial waiting for a worker at a time. With actor
+    # reuse, a waiting trial takes any worker that comes free and the worker started for it,
+    # still starting (a cold start outlasts a small trial), is dropped: every trial then ran on
+    # one worker, one after another. With twice as many waiting as the cluster runs at once,
+    # a free worker mostly goes to a trial that has no worker starting, and the new workers
+    # live. (The per-search concurrency limits still bound what Optuna hands out early.)
+    own_pending = "TUNE_MAX_PENDING_TRIALS_PG" not in os.environ
+    if own_pending and plan is not None:
+        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(
+            2 * plan.slots(ClusterView.from_ray(), spec.resources.max_concurrent_trials))
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(trainable, spec=spec), resources),
+        tune.with_resources(tune.with_parameters(trainable, spec=spec, **parameters), resources),
         param_space=param_space,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                    num_samples=num_samples, reuse_actors=True),
+                                    num_samples=num_samples, reuse_actors=True,
+                                    max_concurrent_trials=spec.resources.max_concurrent_trials),
         run_config=tune.RunConfig(
             name=stage, storage_path=str(run_dir / "tune"), callbacks=[callback], verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             # a trial whose worker dies or raises is retried from its last checkpoint
             failure_config=tune.FailureConfig(max_failures=spec.scheduler.max_retries)),
     )
-    tuner.fit()
-
-
-def _role_resources(spec: StudySpec, role: str) -> dict[str, float]:
-    cpus, gpus = spec.resources.for_role(role)
-    return {"cpus": cpus, "gpus": gpus}
+    try:
+        tuner.fit()
+    finally:
+        if own_pending:
+            os.environ.pop("TUNE_MAX_PENDING_TRIALS_PG", None)
+    check_stop()
 
 
 def stage_name(kind: str, label: str, method: str) -> str:
@@ -279,24 +325,42 @@ def _asha(spec: StudySpec):
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    return ASHAScheduler(time_attr="training_iteration", metric="val_acc", mode="max",
+    # rungs count epochs, as the trial reports them, also after a restart from a checkpoint
+    return ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max",
                          max_t=spec.training.student_epochs,
                          grace_period=min(spec.scheduler.grace_period,
                                           spec.training.student_epochs),
                          reduction_factor=spec.scheduler.reduction_factor)
 
 
+# Set by Ctrl-C or SIGTERM. A KeyboardInterrupt raised by the handler is lost when it lands in
+# a __del__ (Ray's actor handles are collected mid-stage), so the run also checks this flag at
+# every Tune step and around every stage.
+_STOP_REQUESTED = threading.Event()
+
+
 def _raise_keyboard_interrupt(signum, frame) -> None:  # noqa: ARG001 - signal API
+    _STOP_REQUESTED.set()
     raise KeyboardInterrupt
 
 
-def stop_on_sigterm() -> None:
+def check_stop() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C or SIGTERM arrived, even if its first raise was lost."""
+    if _STOP_REQUESTED.is_set():
+        raise KeyboardInterrupt
+
+
+def stop_on_sigterm(fresh: bool = False) -> None:
     """Treat SIGTERM like Ctrl-C: the run stops cleanly and says how to resume.
 
     Called again after ``ray.init``, whose core installs its own SIGTERM handler (which aborts).
+    ``fresh`` forgets a stop request of an earlier command in this process.
     """
+    if fresh:
+        _STOP_REQUESTED.clear()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
 
 
 def _init_ray(address: str | None, log: Callable[[str], None]) -> None:
@@ -313,7 +377,10 @@ def _init_ray(address: str | None, log: Callable[[str], None]) -> None:
     if ray.is_initialized():
         return
     started = time.perf_counter()
+    address = cluster_address(address)
     if address:
+        # an existing cluster (--address, or RAY_ADDRESS inside `ray job submit`): kdtune
+        # opens no port of its own there; the cluster's ports are those `ray start` opened
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         where = f"cluster at {address}"
     else:
@@ -329,8 +396,9 @@ def _init_ray(address: str | None, log: Callable[[str], None]) -> None:
         where = "embedded Ray"
     stop_on_sigterm()
     res = ray.cluster_resources()
-    log(f"Ray: {where}, {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs "
-        f"({time.perf_counter() - started:.1f}s)")
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    log(f"Ray: {where}, {nodes} node{'s' * (nodes > 1)}, {res.get('CPU', 0):g} CPUs, "
+        f"{res.get('GPU', 0):g} GPUs ({time.perf_counter() - started:.1f}s)")
 
 
 # ----------------------------------------------------------------------------- the study
@@ -343,17 +411,29 @@ class Study:
         self.spec, self.run_dir, self.log = spec, Path(run_dir), log
         self.spec_text = spec_text
         self.store = ResultsStore(self.run_dir)
+        self.splits: list[Splits] | None = None  # loaded by the driver, put in the object store
+        self.plan: ResourcePlan | None = None  # resolved resources per role
+        self._data_refs: list[Any] | None = None
+        self._teacher_refs: dict[str, Any] = {}
 
     @classmethod
-    def create(cls, spec: StudySpec, spec_text: str, log: Callable[[str], None] = _log) -> Study:
-        """Check storage and datasets, then make the run directory (nothing before the checks)."""
-        check_storage(Path(spec.storage))
-        dataset_rows = check_datasets(spec, log)
+    def create(cls, spec: StudySpec, spec_text: str, log: Callable[[str], None] = _log,
+               address: str | None = None) -> Study:
+        """Check storage, datasets, the cluster and the resources the spec asks of it, then make
+        the run directory: a check that fails leaves nothing behind."""
+        check_storage(spec.storage)
+        splits: list[Splits] = []
+        dataset_rows = check_datasets(spec, log, keep=splits)
+        _init_ray(address, log)
+        if check_shared_storage(spec.storage) > 1:
+            log(f"storage {spec.storage}: visible and writable from every node")
+        plan = plan_resources(spec, splits, log)
         run_dir = new_run_dir(spec)
         run_dir.mkdir(parents=True)
         (run_dir / SPEC_FILE).write_text(spec_text)
         write_table_atomic(dataset_rows, DATASET_SCHEMA, run_dir / DATASETS_FILE)
         study = cls(spec, run_dir, spec_text, log)
+        study.splits, study.plan = splits, plan
         study._write_meta("created")
         return study
 
@@ -370,6 +450,21 @@ class Study:
         if meta.get("datasets"):
             spec = spec.model_copy(update={"datasets": [DatasetSpec(**d) for d in meta["datasets"]]})
         return cls(spec, run_dir, spec_file.read_text(), log)
+
+    def _prepare(self, address: str | None) -> None:
+        """Join Ray, load the datasets (a resumed run) and resolve resources for this cluster."""
+        _init_ray(address, self.log)
+        if self.splits is None:
+            self.splits = []
+            check_datasets(self.spec, keep=self.splits)
+        if self.plan is None:
+            check_shared_storage(self.spec.storage)
+            self.plan = plan_resources(self.spec, self.splits, self.log)
+        if self._data_refs is None:
+            import ray
+
+            # once per run: every stage's trials read the same objects, on any node
+            self._data_refs = [ray.put(s) for s in self.splits]
 
     def _write_meta(self, status: str, **extra: Any) -> None:
         path = self.run_dir / RUN_FILE
@@ -408,25 +503,32 @@ class Study:
             jobs = [{"dataset_index": i, "method": method, "role": "teacher",
                      "seed": spec.teacher_seed, "teacher_id": tid,
                      "teacher_path": str(out[i][1]),
-                     **_role_resources(spec, "teacher")} for i, tid in to_train]
+                     **self._cpus_gpus(method)} for i, tid in to_train]
             from ray import tune
 
             callback = _tune_callback(self.store, spec, stage, "teacher", len(jobs), self.log)
             _fit(train_teacher, spec, self.run_dir, stage,
-                 {"job": tune.grid_search(jobs)}, 1, callback, role="teacher")
+                 {"job": tune.grid_search(jobs)}, 1, callback, plan=self.plan,
+                 data=self._data_refs)
             missing = [tid for i, tid in to_train if not out[i][1].exists()]
             if missing:
                 raise StudyError(f"teacher training failed for {', '.join(missing)}; "
                                  f"see {self.run_dir / 'trials.parquet'} (column failure)")
         return out
 
+    def _cpus_gpus(self, method: str) -> dict[str, float]:
+        """The resolved resources a trial's config carries (threads, device) for ``method``."""
+        trial = self.plan.for_method(method)
+        return {"cpus": trial.cpus, "gpus": trial.gpus}
+
     def _record_reused_teacher(self, index: int, tid: str, path: Path, method: str = "teacher",
                                stage: str = "teachers") -> None:
         import torch
 
         trial_id = f"{stage}:reused:{tid}"
-        if any(r["trial_id"] == trial_id for r in self.store.trials):
-            return
+        if any(r["trial_id"] == trial_id or (r["role"] == "teacher" and r["teacher_id"] == tid)
+               for r in self.store.trials):
+            return  # this run trained it (and was resumed), or already recorded its reuse
         state = torch.load(path, map_location="cpu", weights_only=True)
         self.store.finish_trial({
             "study": self.spec.study, "run_id": self.run_dir.name, "stage": stage,
@@ -438,63 +540,83 @@ class Study:
             "epochs_budget": self.spec.training.teacher_epochs, "status": "reused",
             "wall_s": 0.0, "teacher_id": tid, **row_columns(self.spec, method, {})})
 
-    def _search(self, index: int, method: str, teacher: tuple[str, Path]) -> None:
+    def _search_part(self, index: int, method: str,
+                     teachers: dict[int, tuple[str, Path]]) -> SearchPart:
+        """The Optuna search of one (dataset, method), as much of it as is not done yet;
+        ``teachers``: the pretrained models that teach ``method``, by dataset index."""
+        from kdtune.multisearch import SearchPart
         from kdtune.search import make_searcher
-        from kdtune.trainables import train_student
 
         spec, ds = self.spec, self.spec.datasets[index]
         stage = stage_name("search", ds.label, method)
         done = [r for r in self.store.trials if r["stage"] == stage]
-        remaining = spec.search.trials - len(done)
-        if remaining <= 0:
+        remaining = max(0, spec.search.trials - len(done))
+        if remaining:
+            self.log(f"stage {stage}: {remaining} Optuna trial(s)"
+                     + (f" ({len(done)} already done)" if done else ""))
+        else:
             self.log(f"stage {stage}: all {spec.search.trials} trials already in the results")
-            return
-        self.log(f"stage {stage}: {remaining} Optuna trial(s)"
-                 + (f" ({len(done)} already done)" if done else ""))
         searcher = make_searcher(spec, method, self.run_dir / "optuna" / "journal.log",
                                  stage, seed=spec.search.sampler_seed + index)
+        teacher = teachers.get(index, ("", Path()))
         constants = {"dataset_index": index, "method": method, "role": "search",
                      "seed": spec.final.seeds[0], "teacher_id": teacher[0],
-                     "teacher_path": str(teacher[1]), **_role_resources(spec, "student")}
-        callback = _tune_callback(self.store, spec, stage, "search", remaining, self.log)
-        _fit(train_student, spec, self.run_dir, stage, constants, remaining, callback,
-             searcher=searcher, scheduler=_asha(spec))
+                     "teacher_path": str(teacher[1]), **self._cpus_gpus(method)}
+        return SearchPart(stage, searcher, remaining, constants,
+                          finals=lambda: self._final_jobs(index, method, teachers))
 
-    def _final(self, teachers: dict[str, dict[int, tuple[str, Path]]]) -> None:
-        from ray import tune
+    def _final_jobs(self, index: int, method: str,
+                    teachers: dict[int, tuple[str, Path]]) -> list[dict[str, Any]]:
+        """The best search trial of (dataset, method) (on validation), retrained on each seed
+        not yet finished; called once that search is done."""
+        spec, ds = self.spec, self.spec.datasets[index]
+        best = best_search_trial(self.store.trials, ds.label, method)
+        if best is None:
+            self.log(f"final: no finished search trial for {ds.label} {method}; skipped")
+            return []
+        config = {k: v for k, v in json.loads(best["config_json"]).items()
+                  if k in ("alpha", "tau", "hint_layer", "beta", "lr", "augmentation", "aug_share")}
+        jobs = [config | {"dataset_index": index, "method": method, "role": "final",
+                          "stage": "final", "seed": seed,
+                          "teacher_id": teachers.get(index, ("", ""))[0],
+                          "teacher_path": str(teachers.get(index, ("", ""))[1]),
+                          "selected_from": best["trial_id"], **self._cpus_gpus(method)}
+                for seed in spec.final.seeds
+                if not self.store.finished(role="final", dataset=ds.label, method=method,
+                                           seed=seed)]
+        if jobs:
+            self.log(f"final {ds.label} {method}: {best['trial_id']} (val "
+                     f"{best['val_acc']:.1f}%) on seeds {[j['seed'] for j in jobs]}")
+        return jobs
 
+    def _students(self, teachers: dict[str, dict[int, tuple[str, Path]]]) -> None:
+        """Every search, and the final runs of each search's best config, in one Tuner: no
+        stage barrier, and trial workers stay warm from the first search to the last run.
+        ``teachers``: the pretrained models by source (``teacher``, ``student``), then index."""
+        from kdtune.multisearch import PerStageASHA, StudySearcher
         from kdtune.trainables import train_student
 
         spec = self.spec
-        jobs = []
-        for index, ds in enumerate(spec.datasets):
-            for method in spec.methods:
-                best = best_search_trial(self.store.trials, ds.label, method)
-                if best is None:
-                    self.log(f"final: no finished search trial for {ds.label} {method}; skipped")
-                    continue
-                config = {k: v for k, v in json.loads(best["config_json"]).items()
-                          if k in ("alpha", "tau", "hint_layer", "beta", "lr", "augmentation",
-                                   "aug_share")}
-                source = teachers.get(METHOD_INFO[method].taught_by or "", {})
-                for seed in spec.final.seeds:
-                    if self.store.finished(role="final", dataset=ds.label, method=method,
-                                           seed=seed):
-                        continue
-                    jobs.append(config | {
-                        "dataset_index": index, "method": method, "role": "final",
-                        "seed": seed, "teacher_id": source.get(index, ("", ""))[0],
-                        "teacher_path": str(source.get(index, ("", ""))[1]),
-                        "selected_from": best["trial_id"],
-                        **_role_resources(spec, "student")})
-        if not jobs:
+        parts = [self._search_part(index, method,
+                                   teachers.get(METHOD_INFO[method].taught_by or "", {}))
+                 for index in range(len(spec.datasets)) for method in spec.methods]
+        finals = sum(1 for index, ds in enumerate(spec.datasets) for method in spec.methods
+                     for seed in spec.final.seeds
+                     if not self.store.finished(role="final", dataset=ds.label, method=method,
+                                                seed=seed))
+        searches = sum(p.trials for p in parts)
+        if not searches and not finals:
             self.log("stage final: nothing left to run")
             return
-        self.log(f"stage final: {len(jobs)} trainings (best config per dataset and method "
-                 f"x seeds {spec.final.seeds})")
-        callback = _tune_callback(self.store, spec, "final", "final", len(jobs), self.log)
-        _fit(train_student, spec, self.run_dir, "final",
-             {"job": tune.grid_search(jobs)}, 1, callback)
+        self.log(f"stage final: up to {finals} trainings (best config per dataset and method "
+                 f"x seeds {spec.final.seeds}), each search's as soon as it is done")
+        expected = {p.stage: p.trials for p in parts} | {"final": finals}
+        callback = _tune_callback(self.store, spec, "final", "final", expected, self.log)
+        asha = _asha(spec)
+        _fit(train_student, spec, self.run_dir, "students", {}, searches + finals, callback,
+             searcher=StudySearcher(parts),
+             scheduler=PerStageASHA(lambda: _asha(spec)) if asha else None, plan=self.plan,
+             data=self._data_refs, teachers=self._teacher_refs)
 
     def run(self, address: str | None = None) -> Path:
         """Run every stage not yet done; write gains and the report; return the run directory."""
@@ -503,15 +625,15 @@ class Study:
         started = time.perf_counter()
         self.log(f"run directory: {self.run_dir}")
         self._write_meta("running")
-        _init_ray(address, self.log)
         try:
+            self._prepare(address)
+            self._write_meta("running", resources={role: r.__dict__ for role, r in
+                                                   self.plan.roles.items()},
+                             gpu_fit=self.plan.measured or None)
             # the spec's teacher, and a pretrained student-architecture model for self/reversed
             teachers = {model: self._teachers(model) for model in teacher_sources(self.spec)}
-            for index in range(len(self.spec.datasets)):
-                for method in self.spec.methods:
-                    source = teachers.get(METHOD_INFO[method].taught_by or "", {})
-                    self._search(index, method, source.get(index, ("", Path())))
-            self._final(teachers)
+            self._teacher_refs = _put_teachers(teachers)
+            self._students(teachers)
         except BaseException:
             self._write_meta("interrupted")
             raise
@@ -523,6 +645,35 @@ class Study:
         self.log(summary(self.store.trials, gains, wall))
         self.log(f"report: {report}")
         return self.run_dir
+
+
+def plan_resources(spec: StudySpec, splits: list[Splits],
+                   log: Callable[[str], None] = _log) -> ResourcePlan:
+    """Each role's resources on the connected cluster (``gpus: fit`` measures here)."""
+    train_teacher = not all(teacher_path(spec.storage, spec.teacher_id(ds, model)).exists()
+                            for ds in spec.datasets for model in teacher_sources(spec))
+    shapes = [Shape(s.channels, s.image_size, s.num_classes, splits_bytes(s)) for s in splits]
+    plan = resolve(spec, roles_needed(spec, train_teacher), ClusterView.from_ray(), shapes,
+                   log=log)
+    log(f"resources per trial: {plan.describe()}")
+    return plan
+
+
+def splits_bytes(splits: Splits) -> int:
+    """Bytes a trial's copy of a dataset's splits takes on its device."""
+    return sum(getattr(splits, k).nbytes for k in ("train_x", "train_y", "val_x", "val_y",
+                                                    "test_x", "test_y"))
+
+
+def _put_teachers(teachers: dict[str, dict[int, tuple[str, Path]]]) -> dict[str, Any]:
+    """Each pretrained model's weights, once in the object store: student trials on any node
+    read them from there, not from the teacher store."""
+    import ray
+    import torch
+
+    paths = {tid: path for source in teachers.values() for tid, path in source.values()}
+    return {tid: ray.put(torch.load(path, map_location="cpu", weights_only=True))
+            for tid, path in paths.items()}
 
 
 def summary(trials: list[dict[str, Any]], gains: list[dict[str, Any]], wall_s: float) -> str:

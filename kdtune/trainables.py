@@ -40,9 +40,10 @@ from kdtune.spec import DatasetSpec, ModelSpec, StudySpec
 from kdtune.teacher_outputs import CachedTeacher, feature_bytes, precompute
 
 _SPLITS_CACHE: dict[tuple[str, str], Splits] = {}
-_TEACHER_CACHE: dict[tuple[str, float, str], torch.nn.Module] = {}
+_TEACHER_CACHE: dict[tuple[str, str], torch.nn.Module] = {}
 _TEACHER_OUTPUTS: dict[tuple, CachedTeacher] = {}
-_TEACHER_OUTPUTS_KEEP = 4  # entries per worker process; the oldest goes first
+# a reused worker keeps the last few datasets, teachers and teacher outputs; the oldest goes first
+_CACHE_SIZE = 4
 # cached hint/attention features beyond this stay live (CIFAR-size ResNet-50 layer1 maps would
 # take ~50 GB); logits always fit
 CACHE_FEATURES_MB = float(os.environ.get("KDTUNE_TEACHER_CACHE_MB", "1024"))
@@ -50,13 +51,30 @@ CACHE_FEATURES_MB = float(os.environ.get("KDTUNE_TEACHER_CACHE_MB", "1024"))
 TEACHER_FILE = "teacher.pt"
 
 
-def dataset_splits(dataset: DatasetSpec, device: torch.device) -> Splits:
-    """Load a dataset once per worker process (Ray reuses workers between trials)."""
-    key = (dataset.model_dump_json(), str(device))
-    if key not in _SPLITS_CACHE:
-        # uint8 splits go to the trial's device once; batches are then drawn there by index
-        _SPLITS_CACHE[key] = dataset.load().to(device)
-    return _SPLITS_CACHE[key]
+def _cached(cache: dict, key: tuple, make: Any) -> Any:
+    if key not in cache:
+        while len(cache) >= _CACHE_SIZE:
+            cache.pop(next(iter(cache)))
+        cache[key] = make()
+    return cache[key]
+
+
+def dataset_splits(dataset: DatasetSpec, device: torch.device, ref: Any = None) -> Splits:
+    """A dataset's splits on ``device``, once per worker process (Ray reuses workers).
+
+    ``ref`` is the object-store copy the driver put there (no data folder needed on this node);
+    without it (outside Ray) the dataset is loaded from its source.
+    """
+    def make() -> Splits:
+        if ref is not None:
+            import ray
+
+            # uint8 splits go to the trial's device once; batches are then drawn there by index
+            return ray.get(ref).to(device)
+        return dataset.load().to(device)
+
+    key = (ref.hex() if ref is not None else dataset.model_dump_json(), str(device))
+    return _cached(_SPLITS_CACHE, key, make)
 
 
 def teacher_path(storage: str | Path, teacher_id: str) -> Path:
@@ -77,29 +95,42 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 
 def load_teacher(spec: StudySpec, path: Path, splits: Splits, device: torch.device,
-                 model: ModelSpec | None = None) -> torch.nn.Module:
-    """A stored pretrained model (of ``model``'s architecture, default the spec's teacher)."""
+                 model: ModelSpec | None = None, ref: Any = None) -> torch.nn.Module:
+    """A stored pretrained model (of ``model``'s architecture, default the spec's teacher), from
+    the object store (``ref``) or else from its file."""
     model = model or spec.teacher
-    key = (str(path), path.stat().st_mtime, str(device))
-    if key not in _TEACHER_CACHE:
+
+    def make() -> torch.nn.Module:
         teacher = build_model(model.arch, splits.channels, splits.num_classes,
                               splits.image_size, model.options)
-        state = torch.load(path, map_location=device, weights_only=True)
+        if ref is not None:
+            import ray
+
+            state = ray.get(ref)
+        else:
+            state = torch.load(path, map_location=device, weights_only=True)
         teacher.load_state_dict(state["model"])
-        _TEACHER_CACHE[key] = teacher.to(device).eval()
-    return _TEACHER_CACHE[key]
+        return teacher.to(device).eval()
+
+    return _cached(_TEACHER_CACHE, (teacher_key(path, ref), str(device)), make)
 
 
-def student_splits(spec: StudySpec, dataset: DatasetSpec, device: torch.device) -> Splits:
+def teacher_key(path: Path, ref: Any = None) -> str:
+    """What identifies a stored teacher's weights: its object-store ref, else its file's mtime
+    (a retrained teacher is a new file)."""
+    return ref.hex() if ref is not None else f"{path}@{path.stat().st_mtime}"
+
+
+def student_splits(spec: StudySpec, dataset: DatasetSpec, device: torch.device,
+                   ref: Any = None) -> Splits:
     """The student's transfer set: the dataset, less the omitted class if the spec omits one."""
     k = spec.distillation.omit_class
-    splits = dataset_splits(dataset, device)
+    splits = dataset_splits(dataset, device, ref)
     if k is None:
         return splits
-    key = (dataset.model_dump_json() + f"|omit={k}", str(device))
-    if key not in _SPLITS_CACHE:
-        _SPLITS_CACHE[key] = omit_class(splits, k)
-    return _SPLITS_CACHE[key]
+    key = ((ref.hex() if ref is not None else dataset.model_dump_json()) + f"|omit={k}",
+           str(device))
+    return _cached(_SPLITS_CACHE, key, lambda: omit_class(splits, k))
 
 
 def use_cached_teacher(distiller: Distiller, splits: Splits, key: tuple, budget: Budget) -> str:
@@ -113,10 +144,8 @@ def use_cached_teacher(distiller: Distiller, splits: Splits, key: tuple, budget:
         if distiller.teacher_taps and feature_bytes(
                 live, splits.train_x[:1].float(), len(splits.train_y)) > CACHE_FEATURES_MB * 2**20:
             return "live"
-        while len(_TEACHER_OUTPUTS) >= _TEACHER_OUTPUTS_KEEP:
-            _TEACHER_OUTPUTS.pop(next(iter(_TEACHER_OUTPUTS)))
-        _TEACHER_OUTPUTS[key] = CachedTeacher(precompute(live, splits.train_x, splits.mean,
-                                                         splits.std, amp=budget.amp))
+        _cached(_TEACHER_OUTPUTS, key, lambda: CachedTeacher(
+            precompute(live, splits.train_x, splits.mean, splits.std, amp=budget.amp)))
     distiller.use_cached_teacher(_TEACHER_OUTPUTS[key])
     return "cached"
 
@@ -172,17 +201,20 @@ def _inject_fault(config: dict[str, Any], epoch: int) -> None:
         os._exit(137)
 
 
-def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool) -> None:
+def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool,
+         data: list[Any] | None = None, teachers: dict[str, Any] | None = None) -> None:
     from ray import tune
 
     config = flat_config(config)
     started = time.perf_counter()
     torch.set_num_threads(max(1, int(config.get("cpus", 1))))
     device = pick_device(float(config.get("gpus", 0)))
-    dataset = spec.datasets[int(config["dataset_index"])]
+    index = int(config["dataset_index"])
+    dataset = spec.datasets[index]
+    data_ref = data[index] if data else None
     # pretrained models see every class; students see the transfer set (omit-one-class)
-    splits = (dataset_splits(dataset, device) if is_teacher
-              else student_splits(spec, dataset, device))
+    splits = (dataset_splits(dataset, device, data_ref) if is_teacher
+              else student_splits(spec, dataset, device, data_ref))
     seed = int(config["seed"])
     method = config["method"]
     # the model trained (the teacher architecture for `reversed`) and the one teaching it
@@ -194,7 +226,8 @@ def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool) -> None:
         # loaded before seeding: building it (first time in this worker) draws random numbers,
         # which would otherwise shift the student's initialisation from worker to worker
         path = Path(config["teacher_path"])
-        teacher = load_teacher(spec, path, splits, device, teacher_arch)
+        teacher_ref = (teachers or {}).get(config["teacher_id"])
+        teacher = load_teacher(spec, path, splits, device, teacher_arch, teacher_ref)
     torch.manual_seed(seed)
     model = build_model(arch.arch, splits.channels, splits.num_classes, splits.image_size,
                         arch.options).to(device)
@@ -207,7 +240,7 @@ def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool) -> None:
                                     example=splits.train_x[:2].float().to(device),
                                     num_classes=splits.num_classes).to(device)
         teacher_outputs = use_cached_teacher(
-            distiller, splits, (str(path), path.stat().st_mtime, dataset.model_dump_json(),
+            distiller, splits, (teacher_key(path, teacher_ref), dataset.model_dump_json(),
                                 spec.distillation.omit_class, str(device)), budget)
     optimizer = make_optimizer([p for p in distiller.parameters() if p.requires_grad], budget)
     start_epoch, generator_state = 0, None
@@ -265,13 +298,21 @@ def _class_and_exit_metrics(spec: StudySpec, distiller: Distiller, splits: Split
     return out
 
 
-def train_teacher(config: dict[str, Any], spec: StudySpec) -> None:
+def train_teacher(config: dict[str, Any], spec: StudySpec, data: list[Any] | None = None) -> None:
     """Pretrain one model (``config['method']``: ``teacher``, or ``pretrained_student`` for
-    self/reversed) and save it to the study's teacher store."""
-    _run(config, spec, is_teacher=True)
+    self/reversed) and save it to the study's teacher store.
+
+    ``data``: object refs of the datasets' splits (``tune.with_parameters``), by dataset index.
+    """
+    _run(config, spec, is_teacher=True, data=data)
 
 
-def train_student(config: dict[str, Any], spec: StudySpec) -> None:
-    """Train a student: from scratch, or distilled from the stored teacher (``config['method']``)."""
-    _run(config, spec, is_teacher=False)
+def train_student(config: dict[str, Any], spec: StudySpec, data: list[Any] | None = None,
+                  teachers: dict[str, Any] | None = None) -> None:
+    """Train a student: from scratch, or distilled from the stored teacher (``config['method']``).
+
+    ``data`` as for :func:`train_teacher`; ``teachers``: object refs of the teachers' weights by
+    teacher id (absent outside Ray: the teacher is read from its file).
+    """
+    _run(config, spec, is_teacher=False, data=data, teachers=teachers)
 

@@ -1,0 +1,99 @@
+"""Running on a Ray cluster: which address to join, and checks that make a misconfigured
+cluster fail before any trial starts rather than hours into a study."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from kdtune.resources import ResourcePlan, role_of
+from kdtune.trainables import flat_config
+
+
+class ClusterError(ValueError):
+    """A cluster kdtune cannot run on as asked; ``str(error)`` is one line."""
+
+
+def cluster_address(address: str | None) -> str | None:
+    """The cluster to join: ``--address``, else ``RAY_ADDRESS`` (set by ``ray job submit`` for
+    its entrypoint), else None for an embedded Ray on this machine."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and address.startswith("ray://"):
+        # Under Ray Client, Tune moves its driver loop (and kdtune's result callback with it)
+        # onto the head node, away from this process's Parquet writer and stage logic.
+        raise ClusterError(f"--address {address}: Ray Client (ray://) is not supported; run "
+                           f"kdtune on a node of the cluster (--address auto) or submit it as "
+                           f"a job: ray job submit --address http://HOST:8265 -- kdtune run "
+                           f"SPEC")
+    return address
+
+
+def _touch_and_check(path: str, marker: str) -> tuple[str, str | None]:
+    """Run on one node: can it see the driver's marker and write beside it?"""
+    import ray
+
+    ip = ray.util.get_node_ip_address()
+    folder = Path(path)
+    if not (folder / marker).exists():
+        return ip, "cannot see files the driver wrote there"
+    probe = folder / f"{marker}-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as error:
+        return ip, f"cannot write there ({error.strerror or error})"
+    return ip, None
+
+
+def check_shared_storage(storage: str | Path, timeout_s: float = 120) -> int:
+    """On a multi-node cluster, check from every alive node that ``storage`` is the same folder
+    the driver writes to (a shared mount), since trials write checkpoints and teachers there.
+
+    Returns the number of nodes checked; raises ``StorageError`` (one line) if one cannot.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from kdtune.study import StorageError
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return len(nodes)
+    marker = f".kdtune-shared-{uuid.uuid4().hex[:12]}"
+    (Path(storage) / marker).write_bytes(b"x")
+    try:
+        check = ray.remote(num_cpus=0, max_retries=0)(_touch_and_check)
+        refs = [check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                    n["NodeID"], soft=False)).remote(str(storage), marker) for n in nodes]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        if len(ready) < len(refs):
+            raise StorageError(f"storage {storage}: {len(refs) - len(ready)} of {len(refs)} "
+                               f"nodes did not answer the shared-storage check in "
+                               f"{timeout_s:.0f}s")
+        for ip, problem in ray.get(refs):
+            if problem:
+                raise StorageError(f"storage {storage}: node {ip} {problem}; on a cluster, "
+                                   f"storage must be a path every node mounts (NFS, ...)")
+    finally:
+        (Path(storage) / marker).unlink(missing_ok=True)
+    return len(nodes)
+
+
+class ResourcesByMethod:
+    """``tune.with_resources`` callable: a trial's bundle from its method's role.
+
+    A class rather than a closure so Tune can pickle it with the trainable.
+    """
+
+    def __init__(self, plan: ResourcePlan) -> None:
+        self.bundles = {role: r.bundle() for role, r in plan.roles.items()}
+
+    def __call__(self, config: dict[str, Any]):
+        from ray.tune import PlacementGroupFactory
+
+        bundle = self.bundles[role_of(flat_config(config)["method"])]
+        return PlacementGroupFactory([{"CPU": bundle["cpu"], "GPU": bundle["gpu"]}
+                                      | ({"memory": bundle["memory"]} if "memory" in bundle
+                                         else {})])

@@ -1,0 +1,113 @@
+"""Faults mid-study: a trial's worker process dies (Tune restarts the trial from its last
+checkpoint), and the driver itself is killed (``kdtune resume`` carries on). In both cases every
+trial ends up in ``trials.parquet`` exactly once and nothing finished is rerun or lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _kdtune(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "kdtune", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})), **kwargs)
+
+
+def _tune_epochs(run_dir: Path, trial_id: str) -> list[int]:
+    """The epochs Tune's own record (result.json) of one trial holds, in order."""
+    (result,) = [p for p in (run_dir / "tune").glob("*/*/result.json")
+                 if trial_id in p.parent.name]
+    return [json.loads(line)["epoch"] for line in result.read_text().splitlines()
+            if line.strip() and "epoch" in json.loads(line)]
+
+
+def test_a_killed_worker_is_restarted_from_its_checkpoint(tiny_spec_dict, write_spec,
+                                                          tmp_path):
+    tiny_spec_dict.update(methods=["scratch", "rkd"], final={"seeds": [0]})
+    tiny_spec_dict["training"]["student_epochs"] = 4
+    tiny_spec_dict["search"]["trials"] = 2
+    markers = tmp_path / "killed"
+    storage = tmp_path / "runs"
+    # every rkd trial's worker process dies once, after training epoch 2 but before reporting
+    # it: the last checkpoint is epoch 1, so a restart from scratch would report epoch 1 again
+    proc = _kdtune("run", str(write_spec(tiny_spec_dict)), "--storage", str(storage),
+                   env={"KDTUNE_FAULT": f"kill:rkd:2:{markers}"})
+    output = proc.communicate(timeout=900)[0]
+    assert proc.returncode == 0, output[-4000:]
+    (run_dir,) = storage.glob("tiny-*")
+    rows = pq.read_table(run_dir / "trials.parquet").to_pylist()
+    epochs = pq.read_table(run_dir / "epochs.parquet").to_pylist()
+    ids = [r["trial_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == 1 + 2 * 2 + 2  # every trial exactly once
+    assert all(r["status"] == "finished" for r in rows)
+    killed = [r for r in rows if r["method"] == "rkd"]
+    assert len(list(markers.iterdir())) == len(killed) == 3  # each was killed once
+    for r in killed:
+        assert r["restarts"] == 1 and r["epochs_run"] == 4
+        assert sorted(e["epoch"] for e in epochs if e["trial_id"] == r["trial_id"]) == [1, 2, 3,
+                                                                                         4]
+        tune_id = r["trial_id"].split(":", 1)[1]
+        assert _tune_epochs(run_dir, tune_id) == [1, 2, 3, 4]  # resumed, not restarted
+    assert all(r["restarts"] == 0 for r in rows if r["method"] != "rkd")
+    assert "restarted 1x from its checkpoint" in output
+
+
+def _kill_session(session: int) -> None:
+    """What is left of a killed driver's embedded Ray (its raylet and workers): gone, as if
+    the machine had died."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[3]) == session:
+                    os.kill(int(proc.name), signal.SIGKILL)
+            except (OSError, ValueError, IndexError):
+                pass
+
+
+def test_a_killed_driver_resumes_without_rerunning_or_losing_trials(tiny_spec_dict, write_spec,
+                                                                    tmp_path):
+    tiny_spec_dict["search"]["trials"] = 3
+    storage = tmp_path / "runs"
+    proc = _kdtune("run", str(write_spec(tiny_spec_dict)), "--storage", str(storage),
+                   start_new_session=True)
+    deadline, trials_file = time.time() + 600, None
+    while time.time() < deadline and proc.poll() is None:
+        found = list(storage.glob("tiny-*/trials.parquet")) if storage.exists() else []
+        if found and pq.read_table(found[0]).num_rows >= 4:  # the teacher and a few searches
+            trials_file = found[0]
+            break
+        time.sleep(0.2)
+    assert trials_file is not None and proc.poll() is None, proc.communicate()[0][-3000:]
+    os.kill(proc.pid, signal.SIGKILL)  # no handler runs, nothing is flushed
+    proc.wait()
+    _kill_session(proc.pid)
+    proc.stdout.close()
+    run_dir = trials_file.parent
+    kept = {r["trial_id"]: r for r in pq.read_table(trials_file).to_pylist()}
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"  # it never knew
+
+    resumed = _kdtune("resume", str(run_dir))
+    output = resumed.communicate(timeout=900)[0]
+    assert resumed.returncode == 0, output[-4000:]
+    rows = pq.read_table(run_dir / "trials.parquet").to_pylist()
+    ids = [r["trial_id"] for r in rows]
+    assert len(ids) == len(set(ids))
+    by_id = {r["trial_id"]: r for r in rows}
+    for trial_id, before in kept.items():  # nothing finished was lost or rerun
+        assert by_id[trial_id] == before
+    for method in ("scratch", "rkd", "ikd"):
+        assert sum(1 for r in rows if r["role"] == "search" and r["method"] == method) == 3
+        assert sum(1 for r in rows if r["role"] == "final" and r["method"] == method) == 2
+    assert sum(1 for r in rows if r["role"] == "teacher") == 1
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"

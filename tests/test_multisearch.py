@@ -1,0 +1,103 @@
+"""One Tuner for every search and its final runs: the routing searcher and per-stage ASHA."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search import ConcurrencyLimiter, Searcher
+
+from kdtune.multisearch import PerStageASHA, SearchPart, StudySearcher
+
+
+class Counting(Searcher):
+    """A searcher that suggests x = 0, 1, 2, ... and remembers what it was told."""
+
+    def __init__(self):
+        super().__init__(metric="val_acc", mode="max")
+        self.n, self.completed, self.results = 0, [], []
+
+    def suggest(self, trial_id):
+        self.n += 1
+        return {"x": self.n - 1}
+
+    def on_trial_result(self, trial_id, result):
+        self.results.append(trial_id)
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        self.completed.append(trial_id)
+
+
+def _part(name, trials, limit, finals):
+    released = []
+
+    def make_finals():
+        released.append(name)
+        return [{"stage": "final", "of": name, "seed": s} for s in finals]
+
+    searcher = ConcurrencyLimiter(Counting(), max_concurrent=limit)
+    return SearchPart(f"search-{name}", searcher, trials, {"method": name}, make_finals), released
+
+
+def test_searches_fill_slots_in_order_then_release_each_final_when_done():
+    a, released_a = _part("a", trials=3, limit=2, finals=[0, 1])
+    b, released_b = _part("b", trials=2, limit=2, finals=[0])
+    searcher = StudySearcher([a, b])
+    got = [searcher.suggest(f"t{i}") for i in range(4)]
+    # a is at its limit after two: b fills the next slots, nothing else is ready yet
+    assert [g["stage"] for g in got] == ["search-a", "search-a", "search-b", "search-b"]
+    assert got[0] == {"method": "a", "x": 0, "stage": "search-a"}
+    assert searcher.suggest("t4") is None
+    searcher.on_trial_result("t0", {"val_acc": 1.0})
+    searcher.on_trial_complete("t0", {"val_acc": 1.0})
+    assert searcher.suggest("t5")["stage"] == "search-a"  # a's third trial
+    for t in ("t2", "t3"):  # b is done: its final run is released
+        searcher.on_trial_complete(t, {"val_acc": 1.0})
+    assert released_b == [] and released_a == []
+    assert searcher.suggest("t6") == {"stage": "final", "of": "b", "seed": 0}
+    assert released_b == ["b"] and released_a == []
+    assert searcher.suggest("t7") is None  # a still runs t1 and t5
+    for t in ("t1", "t5"):
+        searcher.on_trial_complete(t, {"val_acc": 1.0})
+    assert [searcher.suggest(f"t{i}")["seed"] for i in (8, 9)] == [0, 1]
+    assert released_a == ["a"]
+    # every trial is handed out and no search runs: finished (Tune waits for running trials)
+    assert searcher.suggest("t10") == Searcher.FINISHED
+    inner = a.searcher.searcher
+    assert inner.completed == ["t0", "t1", "t5"] and inner.results == ["t0"]
+
+
+def test_a_search_with_nothing_left_releases_its_finals_at_once():
+    a, released = _part("a", trials=0, limit=2, finals=[])
+    b, _ = _part("b", trials=0, limit=2, finals=[3])
+    searcher = StudySearcher([a, b])
+    assert searcher.suggest("t0") == {"stage": "final", "of": "b", "seed": 3}
+    assert released == ["a"]
+    assert searcher.suggest("t1") == Searcher.FINISHED
+
+
+def _trial(trial_id, stage):
+    return SimpleNamespace(trial_id=trial_id, config={"stage": stage},
+                           evaluated_params={}, status="RUNNING")
+
+
+def test_each_search_has_its_own_asha_bracket_and_final_runs_are_never_stopped():
+    def make():
+        return ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max", max_t=10,
+                             grace_period=1, reduction_factor=2)
+
+    scheduler = PerStageASHA(make)
+    trials = {"a1": "search-a", "a2": "search-a", "b1": "search-b", "f1": "final"}
+    for trial_id, stage in trials.items():
+        scheduler.on_trial_add(None, _trial(trial_id, stage))
+    result = {"epoch": 1, "val_acc": 90.0}
+
+    def report(trial_id, value):
+        return scheduler.on_trial_result(None, _trial(trial_id, trials[trial_id]),
+                                         result | {"val_acc": value})
+
+    assert report("a1", 90.0) == TrialScheduler.CONTINUE
+    assert report("a2", 10.0) == TrialScheduler.STOP  # below a1 in search a
+    assert report("b1", 10.0) == TrialScheduler.CONTINUE  # search b's bracket is its own
+    assert report("f1", 0.0) == TrialScheduler.CONTINUE  # final runs always continue
+    assert sorted(scheduler._by_stage) == ["search-a", "search-b"]

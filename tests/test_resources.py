@@ -1,0 +1,353 @@
+"""Trial resources: per-role spec values, gpus auto/fit resolved against a cluster, and errors
+before any trial starts. The GPU arithmetic is checked here on CPU with made-up measurements."""
+
+from __future__ import annotations
+
+import pytest
+
+from kdtune.cluster import ResourcesByMethod
+from kdtune.resources import (
+    CUDA_CONTEXT_BYTES,
+    ClusterView,
+    MemoryProbe,
+    NodeView,
+    ResourceError,
+    Shape,
+    fit_fraction,
+    probes_for,
+    resolve,
+    role_of,
+    roles_needed,
+    step_peak_bytes,
+)
+from kdtune.spec import SpecError, parse_spec
+
+GiB = 2**30
+CPU_ONLY = ClusterView((NodeView(cpus=8, gpus=0, memory=32 * GiB),))
+TWO_GPU_NODES = ClusterView((NodeView(cpus=8, gpus=1, memory=64 * GiB),
+                             NodeView(cpus=16, gpus=2, memory=128 * GiB)))
+SHAPES = [Shape(channels=1, image_size=8, num_classes=10)]
+
+
+def _spec(tiny_spec_dict, **resources):
+    tiny_spec_dict["resources"] = resources
+    return parse_spec(tiny_spec_dict)
+
+
+def _no_measure(*args):
+    raise AssertionError("nothing should be measured")
+
+
+# ----------------------------------------------------------------------------- the spec
+
+def test_flat_resources_apply_to_every_role(tiny_spec_dict):
+    res = _spec(tiny_spec_dict, cpus=2, gpus=0.5).resources
+    assert [res.for_role(r) for r in ("teacher", "scratch", "student", "search", "final")] == \
+        [(2, 0.5)] * 5
+    assert res.memory_for("teacher") is None and res.max_concurrent_trials is None
+
+
+def test_role_overrides_fall_back_field_by_field(tiny_spec_dict):
+    res = _spec(tiny_spec_dict, cpus=2, gpus=0.5, memory="1GiB", max_concurrent_trials=3,
+                teacher={"gpus": 1}, student={"gpus": 0.25, "memory": 2},
+                scratch={"cpus": 1}).resources
+    assert res.for_role("teacher") == (2, 1)
+    assert res.for_role("student") == (2, 0.25)
+    assert res.for_role("scratch") == (1, 0.25)  # scratch -> student -> flat, per field
+    assert res.memory_for("teacher") == GiB and res.memory_for("scratch") == 2 * GiB
+    assert res.field_name("scratch", "gpus") == "resources.student.gpus"
+    assert res.field_name("scratch", "cpus") == "resources.scratch.cpus"
+    assert res.field_name("teacher", "cpus") == "resources.cpus"
+    assert res.max_concurrent_trials == 3
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("auto", "auto"), ("fit", "fit"), (" Auto ", "auto"), (0, 0.0), (0.25, 0.25), (2, 2.0)])
+def test_gpus_accepts_numbers_auto_and_fit(tiny_spec_dict, value, expected):
+    assert _spec(tiny_spec_dict, gpus=value).resources.gpus == expected
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("gpus", -1, "resources.gpus: Input should be greater than or equal to 0"),
+    ("gpus", 1.5, "resources.gpus: more than one GPU per trial must be a whole number"),
+    ("gpus", "lots", "resources.gpus: gpus must be a number"),
+    ("gpus", True, "resources.gpus: gpus must be a number"),
+    ("memory", "4 parsecs", "resources.memory: memory must be a number of GiB or a size"),
+    ("memory", 0, "resources.memory: memory must be a positive size"),
+    ("max_concurrent_trials", 0, "resources.max_concurrent_trials: Input should be greater"),
+    ("gpu", 1, "resources.gpu: unknown field"),
+])
+def test_bad_resources_are_named(tiny_spec_dict, field, value, message):
+    with pytest.raises(SpecError) as info:
+        _spec(tiny_spec_dict, **{field: value})
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_role_override_errors_name_the_role(tiny_spec_dict):
+    with pytest.raises(SpecError, match=r"^resources.student.gpus: more than one GPU"):
+        _spec(tiny_spec_dict, student={"gpus": 2.5})
+
+
+@pytest.mark.parametrize("text,expected", [("512MiB", 512 * 2**20), ("4GiB", 4 * GiB),
+                                           ("2G", 2 * GiB), ("1.5 gb", int(1.5 * GiB)),
+                                           (3, 3 * GiB)])
+def test_memory_sizes(tiny_spec_dict, text, expected):
+    assert _spec(tiny_spec_dict, memory=text).resources.memory == expected
+
+
+# ----------------------------------------------------------------------------- gpus: fit
+
+def test_fit_fraction_packs_as_many_trials_as_fit():
+    # 1 GiB peak -> 1.25 GiB + context per trial; 16 GiB * 0.95 holds 8 of them
+    assert fit_fraction(GiB, 16 * GiB) == 0.125
+    # a share is 1/k rounded down to Ray's 4 decimals, so k shares never exceed one GPU
+    share = fit_fraction(5 * GiB, 24 * GiB)
+    assert share == 0.3333 and 3 * share <= 1
+    for peak in (10**6, 10**8, 10**9, 3 * 10**9, 7 * 10**9):
+        for total in (8 * GiB, 24 * GiB, 80 * GiB):
+            share = fit_fraction(peak, total)
+            k = round(1 / share)
+            assert k * share <= 1.0
+            # k trials fit in memory with their headroom and context
+            assert k * (peak * 1.25 + CUDA_CONTEXT_BYTES) <= total * 0.95 or k == 1
+
+
+def test_fit_fraction_caps_tiny_models_and_handles_big_ones():
+    assert fit_fraction(10**6, 80 * GiB) == 0.0625  # at most 16 trials per GPU
+    assert fit_fraction(20 * GiB, 24 * GiB) == 1.0  # fits alone but not with headroom
+    with pytest.raises(ResourceError, match="more than the GPU's 24 GiB: lower training"):
+        fit_fraction(25 * GiB, 24 * GiB)
+
+
+def test_probes_cover_each_role_method_dataset_and_hint_layer(tiny_spec_dict):
+    spec = parse_spec(tiny_spec_dict)
+    probes = probes_for(spec, ["teacher", "scratch", "student"])
+    assert MemoryProbe("teacher", "teacher", 0) in probes
+    assert MemoryProbe("scratch", "scratch", 0) in probes
+    assert MemoryProbe("student", "rkd", 0) in probes
+    assert {p.hint_layer for p in probes if p.method == "ikd"} == {"stage1", "stage2"}
+    assert len(probes) == 5
+
+
+def test_roles_of_every_method():
+    assert role_of("teacher") == role_of("pretrained_student") == "teacher"
+    assert role_of("scratch") == role_of("reversed_scratch") == "scratch"
+    assert {role_of(m) for m in ("rkd", "ikd", "at", "self", "reversed", "mskd")} == {"student"}
+
+
+def test_probes_for_self_and_reversed_measure_the_pretrained_student(tiny_spec_dict):
+    spec = parse_spec(tiny_spec_dict | {"methods": ["reversed_scratch", "self", "reversed"]})
+    probes = probes_for(spec, ["teacher", "scratch", "student"])
+    assert MemoryProbe("teacher", "pretrained_student", 0) in probes
+    assert MemoryProbe("scratch", "reversed_scratch", 0) in probes
+    assert {p.method for p in probes if p.role == "student"} == {"self", "reversed"}
+
+
+@pytest.mark.parametrize("method", ["teacher", "pretrained_student", "scratch", "rkd", "ikd",
+                                    "at", "self", "reversed", "reversed_scratch", "mskd"])
+def test_the_measured_training_step_runs_on_cpu(tiny_spec_dict, method):
+    import torch
+
+    spec = parse_spec(tiny_spec_dict)
+    probe = MemoryProbe(role_of(method), method, 0, "stage1" if method == "ikd" else None)
+    assert step_peak_bytes(spec, probe, SHAPES[0], torch.device("cpu")) == 0
+
+
+def test_fit_uses_each_roles_largest_peak(tiny_spec_dict):
+    spec = _spec(tiny_spec_dict, gpus="fit", teacher={"gpus": 1})
+    seen = []
+
+    def measure(spec, probes, shapes):
+        seen.extend(probes)
+        peaks = {"scratch": GiB, "rkd": 2 * GiB, "ikd": 3 * GiB}
+        return [peaks[p.method] + (GiB if p.hint_layer == "stage1" else 0) for p in probes], \
+            40 * GiB, "Test GPU"
+
+    plan = resolve(spec, ["teacher", "scratch", "student"], TWO_GPU_NODES, SHAPES, measure)
+    assert {p.role for p in seen} == {"scratch", "student"}  # the teacher asked for a number
+    assert plan.roles["teacher"].gpus == 1.0
+    assert plan.roles["scratch"].gpus == fit_fraction(GiB, 40 * GiB) == 0.0625
+    assert plan.roles["student"].gpus == fit_fraction(4 * GiB, 40 * GiB) == 0.1666  # 6 x 5.6 GiB
+    assert "fit: 4 GiB peak per trial" in plan.roles["student"].how
+    assert plan.measured["gpu"] == "Test GPU" and len(plan.measured["peaks"]) == len(seen)
+    assert plan.for_method("ikd") == plan.roles["student"]
+
+
+def test_auto_is_fit_with_gpus_and_cpu_without(tiny_spec_dict):
+    spec = _spec(tiny_spec_dict, gpus="auto")
+    plan = resolve(spec, ["scratch", "student"], CPU_ONLY, SHAPES, _no_measure)
+    assert all(r.gpus == 0 for r in plan.roles.values())
+    assert "no GPU in the cluster" in plan.roles["student"].how
+    plan = resolve(spec, ["scratch"], TWO_GPU_NODES, SHAPES,
+                   lambda s, probes, sh: ([GiB] * len(probes), 16 * GiB, "G"))
+    assert plan.roles["scratch"].gpus == 0.125
+
+
+def test_fit_on_a_cpu_cluster_is_a_clear_error(tiny_spec_dict):
+    spec = _spec(tiny_spec_dict, student={"gpus": "fit"})
+    with pytest.raises(ResourceError) as info:
+        resolve(spec, ["student"], CPU_ONLY, SHAPES, _no_measure)
+    assert str(info.value).startswith("resources.student.gpus: 'fit' sizes a GPU share")
+    assert "no GPU" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_model_too_big_for_the_gpu_is_a_clear_error(tiny_spec_dict):
+    spec = _spec(tiny_spec_dict, gpus="fit")
+    with pytest.raises(ResourceError, match=r"^resources.gpus: teacher trials: one training "
+                                            r"step needs 100 GiB"):
+        resolve(spec, ["teacher"], TWO_GPU_NODES, SHAPES,
+                lambda s, probes, sh: ([100 * GiB] * len(probes), 80 * GiB, "G"))
+
+
+@pytest.mark.parametrize("resources,cluster,message", [
+    ({"gpus": 0.25}, CPU_ONLY, "resources.gpus: 0.25 GPU per teacher trial, but the Ray "
+                               "cluster has no GPU"),
+    ({"student": {"gpus": 4}}, TWO_GPU_NODES, "resources.student.gpus: 4 GPUs per student "
+                                              "trial, but no node has more than 2"),
+    ({"cpus": 32}, TWO_GPU_NODES, "resources.cpus: 32 CPUs per teacher trial, but no node has "
+                                  "more than 16"),
+    ({"memory": "100GiB", "teacher": {"memory": 1}}, CPU_ONLY,
+     "resources.memory: 100 GiB per student trial, but no node offers more than 32 GiB"),
+    ({"cpus": 12, "gpus": 2}, ClusterView((NodeView(16, 1, GiB), NodeView(8, 2, GiB))),
+     "resources: no node of the cluster has 12 CPU + 2 GPU at once"),
+])
+def test_requests_no_node_can_meet_fail_before_any_trial(tiny_spec_dict, resources, cluster,
+                                                         message):
+    spec = _spec(tiny_spec_dict, **resources)
+    with pytest.raises(ResourceError) as info:
+        resolve(spec, ["teacher", "student"], cluster, SHAPES, _no_measure)
+    assert str(info.value).startswith(message), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_roles_needed(tiny_spec_dict):
+    spec = parse_spec(tiny_spec_dict)
+    assert roles_needed(spec, train_teacher=True) == ["teacher", "scratch", "student"]
+    assert roles_needed(spec, train_teacher=False) == ["scratch", "student"]
+    tiny_spec_dict["methods"] = ["rkd"]
+    assert roles_needed(parse_spec(tiny_spec_dict), train_teacher=False) == ["student"]
+
+
+def test_each_trial_gets_its_methods_bundle(tiny_spec_dict):
+    spec = _spec(tiny_spec_dict, cpus=1, gpus=0.5, memory="1GiB", scratch={"gpus": 0.25},
+                 teacher={"gpus": 1, "cpus": 4})
+    plan = resolve(spec, ["teacher", "scratch", "student"], TWO_GPU_NODES, SHAPES, _no_measure)
+    request = ResourcesByMethod(plan)
+    bundle = request({"job": {"method": "teacher"}}).bundles[0]
+    assert bundle == {"CPU": 4.0, "GPU": 1.0, "memory": float(GiB)}
+    assert request({"method": "scratch", "alpha": 0.5}).bundles[0]["GPU"] == 0.25
+    assert request({"job": {"method": "ikd"}}).bundles[0]["GPU"] == 0.5
+    import pickle
+
+    assert pickle.loads(pickle.dumps(request)).bundles == request.bundles
+
+
+# ----------------------------------------------------------------------------- through the CLI
+
+def test_object_storage_is_a_one_line_error(tiny_spec_dict, write_spec, capsys):
+    from kdtune.cli import main
+
+    assert main(["run", str(write_spec(tiny_spec_dict)), "--storage", "s3://bucket/runs"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kdtune: error: storage s3://bucket/runs: object storage is not "
+                          "supported yet") and "\n" not in err
+
+
+@pytest.fixture
+def _ray_shutdown():
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("role,gpus,message", [
+    ("teacher", 1, "resources.teacher.gpus: 1 GPU per teacher trial, but the Ray cluster has "
+                   "no GPU"),
+    ("student", "fit", "resources.student.gpus: 'fit' sizes a GPU share from measured GPU "
+                       "memory, but the Ray cluster has no GPU"),
+])
+def test_gpus_the_cluster_lacks_stop_the_run_before_anything_is_written(
+        tiny_spec_dict, write_spec, tmp_path, capsys, _ray_shutdown, role, gpus, message):
+    from kdtune.cli import main
+
+    tiny_spec_dict["resources"] = {"cpus": 1, role: {"gpus": gpus}}
+    storage = tmp_path / "runs"
+    assert main(["run", str(write_spec(tiny_spec_dict)), "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"kdtune: error: {message}") and "\n" not in err
+    assert not any(p.is_dir() for p in storage.iterdir())  # no run directory
+
+
+def test_ray_client_addresses_are_refused_with_the_way_that_works(tiny_spec_dict, write_spec,
+                                                                  tmp_path, capsys):
+    from kdtune.cli import main
+
+    storage = tmp_path / "runs"
+    assert main(["run", str(write_spec(tiny_spec_dict)), "--storage", str(storage),
+                 "--address", "ray://head:10001"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kdtune: error: --address ray://head:10001: Ray Client (ray://) is "
+                          "not supported") and "ray job submit" in err and "\n" not in err
+    assert not storage.exists()
+
+
+def test_validate_shows_each_roles_request(write_spec, capsys):
+    from pathlib import Path
+
+    from kdtune.cli import main
+
+    spec = Path(__file__).resolve().parents[1] / "studies" / "cluster" / "study-gpu.yaml"
+    assert main(["validate", str(spec)]) == 0
+    assert ("resources per trial: teacher 2 CPU + 1 GPU + 16 GiB; scratch 1 CPU + fit GPU; "
+            "student 2 CPU + fit GPU; at most 16 trials at once") in capsys.readouterr().out
+
+
+def test_slots_count_the_trials_a_cluster_runs_at_once(tiny_spec_dict):
+    spec = _spec(tiny_spec_dict, cpus=2, gpus=0.5, teacher={"gpus": 1, "cpus": 4})
+    plan = resolve(spec, ["teacher", "student"], TWO_GPU_NODES, SHAPES, _no_measure)
+    # students pack best: node 1 fits min(8/2, 1/0.5) = 2, node 2 min(16/2, 2/0.5) = 4
+    assert plan.slots(TWO_GPU_NODES) == 6
+    assert plan.slots(TWO_GPU_NODES, cap=3) == 3
+    cpu_plan = resolve(_spec(tiny_spec_dict, cpus=1), ["student"], CPU_ONLY, SHAPES, _no_measure)
+    assert cpu_plan.slots(CPU_ONLY) == 8
+
+
+def test_fit_counts_the_dataset_each_trial_keeps_on_the_gpu(tiny_spec_dict):
+    spec = _spec(tiny_spec_dict, gpus="fit")
+    shapes = [Shape(3, 32, 10, data_bytes=2 * GiB)]
+    plan = resolve(spec, ["scratch"], TWO_GPU_NODES, shapes,
+                   lambda s, probes, sh: ([GiB] * len(probes), 16 * GiB, "G"))
+    assert plan.roles["scratch"].gpus == fit_fraction(3 * GiB, 16 * GiB) == 0.3333
+    assert fit_fraction(GiB, 16 * GiB) == 0.125  # what the step alone would have got
+
+
+@pytest.mark.slow
+def test_max_concurrent_trials_caps_a_stage(tiny_spec_dict, write_spec, tmp_path, _ray_shutdown):
+    """Tune wraps the study's searcher in a ConcurrencyLimiter: the run still completes."""
+    import pyarrow.parquet as pq
+
+    from kdtune.cli import main
+
+    tiny_spec_dict.update(methods=["scratch", "rkd"], final={"seeds": [0]})
+    tiny_spec_dict["search"]["trials"] = 2
+    tiny_spec_dict["resources"] = {"cpus": 1, "max_concurrent_trials": 1,
+                                   "teacher": {"cpus": 2}}
+    storage = tmp_path / "runs"
+    assert main(["run", str(write_spec(tiny_spec_dict)), "--storage", str(storage)]) == 0
+    (run_dir,) = storage.glob("tiny-*")
+    rows = pq.read_table(run_dir / "trials.parquet").to_pylist()
+    assert len(rows) == 1 + 2 * 2 + 2 and all(r["status"] == "finished" for r in rows)
+    # one trial at a time: no two student trials overlap
+    import json
+
+    spans = []
+    for result in (run_dir / "tune" / "students").glob("*/result.json"):
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        spans.append((lines[0]["timestamp"] - lines[0]["time_this_iter_s"],
+                      lines[-1]["timestamp"]))
+    spans.sort()
+    assert all(later[0] >= earlier[1] - 1 for earlier, later in zip(spans, spans[1:]))
+    teacher = next(r for r in rows if r["role"] == "teacher")
+    assert json.loads(teacher["config_json"])["cpus"] == 2.0  # the teacher's own resources
