@@ -108,7 +108,7 @@ def _fail(message: str, code: int = 2) -> int:
 def _plan(spec, compute: bool = False) -> str:
     from kdtune.methods import teacher_sources
     from kdtune.resources import requested
-    from kdtune.search import searched_dimensions
+    from kdtune.search import search_trials, searched_dimensions
 
     lines = [f"study {spec.study}: {len(spec.datasets)} dataset(s), methods "
              f"{', '.join(spec.methods)}; teacher {spec.teacher.label} "
@@ -116,12 +116,13 @@ def _plan(spec, compute: bool = False) -> str:
              f"({spec.training.student_epochs} epochs)"]
     # the spec's teacher, plus a pretrained student-architecture model for self/reversed
     n_teachers = len(spec.datasets) * len(teacher_sources(spec))
-    n_search = len(spec.datasets) * len(spec.methods) * spec.search.trials
+    n_search = len(spec.datasets) * sum(search_trials(spec, m) for m in spec.methods)
     n_final = len(spec.datasets) * len(spec.methods) * len(spec.final.seeds)
     for method in spec.methods:
         dims = searched_dimensions(spec, method)
-        lines.append(f"  {method}: {spec.search.trials} Optuna trials per dataset over "
-                     f"{', '.join(dims) if dims else 'no dimension (fixed config, repeated)'}")
+        lines.append(f"  {method}: " + (f"{spec.search.trials} Optuna trials per dataset over "
+                                         f"{', '.join(dims)}" if dims else
+                                         "1 trial per dataset (nothing searched: fixed config)"))
     if spec.distillation.omit_class is not None:
         lines.append(f"  omit-one-class: students train and validate without class "
                      f"{spec.distillation.omit_class}; test accuracy on it is reported")

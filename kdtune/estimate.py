@@ -99,9 +99,13 @@ def _duration(hours: float) -> str:
 
 def estimate(spec: StudySpec) -> list[str]:
     """Lines for ``kdtune validate``: FLOPs and device time of the whole plan."""
+    from kdtune.search import search_trials
+
     distils = [m for m in spec.methods if m != "scratch"]
     t_epochs, s_epochs = spec.training.teacher_epochs, spec.training.student_epochs
-    student_trials = spec.search.trials + len(spec.final.seeds)
+    seeds = len(spec.final.seeds)
+    student_trials = sum(search_trials(spec, m) + seeds for m in spec.methods)
+    distil_trials = sum(search_trials(spec, m) + seeds for m in distils)
     teacher_flops = student_flops = 0.0
     trials, unknown = 0, []
     for ds in spec.datasets:
@@ -114,10 +118,10 @@ def estimate(spec: StudySpec) -> list[str]:
             teacher_flops += t_epochs * (3 * ft * shape.n_train + ft * shape.n_val)
             trials += 1
         per_student = s_epochs * (3 * fs * shape.n_train + fs * shape.n_val)
-        student_flops += len(spec.methods) * student_trials * per_student
+        student_flops += student_trials * per_student
         # a distilled student runs the teacher forward on every training image
-        student_flops += len(distils) * student_trials * s_epochs * ft * shape.n_train
-        trials += len(spec.methods) * student_trials
+        student_flops += distil_trials * s_epochs * ft * shape.n_train
+        trials += student_trials
     total = teacher_flops + student_flops
     t_cpus, t_gpus = spec.resources.for_role("teacher")
     s_cpus, s_gpus = spec.resources.for_role("student")

@@ -82,6 +82,12 @@ def searched_dimensions(spec: StudySpec, method: str) -> list[str]:
     return dims
 
 
+def search_trials(spec: StudySpec, method: str) -> int:
+    """Search trials of ``method`` per dataset: ``search.trials``, or one where nothing is
+    searched (every trial would be the same config on the same seed)."""
+    return spec.search.trials if searched_dimensions(spec, method) else 1
+
+
 def start_points(spec: StudySpec, method: str) -> list[dict[str, Any]] | None:
     """The configurations evaluated first: the paper's point, then ``search.points``, each cut
     to the dimensions this method searches (a point left empty is dropped)."""

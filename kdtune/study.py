@@ -545,17 +545,18 @@ class Study:
         """The Optuna search of one (dataset, method), as much of it as is not done yet;
         ``teachers``: the pretrained models that teach ``method``, by dataset index."""
         from kdtune.multisearch import SearchPart
-        from kdtune.search import make_searcher
+        from kdtune.search import make_searcher, search_trials
 
         spec, ds = self.spec, self.spec.datasets[index]
         stage = stage_name("search", ds.label, method)
         done = [r for r in self.store.trials if r["stage"] == stage]
-        remaining = max(0, spec.search.trials - len(done))
+        trials = search_trials(spec, method)
+        remaining = max(0, trials - len(done))
         if remaining:
             self.log(f"stage {stage}: {remaining} Optuna trial(s)"
                      + (f" ({len(done)} already done)" if done else ""))
         else:
-            self.log(f"stage {stage}: all {spec.search.trials} trials already in the results")
+            self.log(f"stage {stage}: all {trials} trials already in the results")
         searcher = make_searcher(spec, method, self.run_dir / "optuna" / "journal.log",
                                  stage, seed=spec.search.sampler_seed + index)
         teacher = teachers.get(index, ("", Path()))

@@ -60,3 +60,14 @@ def test_the_trainable_uses_the_trial_config_and_the_teacher_the_spec(tiny_spec_
     assert (student.augmentation, student.aug_share) == ("paper", 0.3)
     teacher = _budget(spec, 3, {})  # teacher jobs carry no searched values
     assert (teacher.augmentation, teacher.aug_share) == ("none", 1.0)
+
+
+def test_a_method_with_nothing_searched_runs_one_search_trial(tiny_spec_dict):
+    from kdtune.search import search_trials
+
+    spec = parse_spec(tiny_spec_dict)  # no lr range: scratch has nothing to search
+    assert searched_dimensions(spec, "scratch") == []
+    assert search_trials(spec, "scratch") == 1
+    assert search_trials(spec, "rkd") == spec.search.trials
+    tuned = parse_spec(tiny_spec_dict | {"search": tiny_spec_dict["search"] | {"lr": [0.01, 0.1]}})
+    assert search_trials(tuned, "scratch") == tuned.search.trials

@@ -68,7 +68,9 @@ def test_tiny_study_end_to_end(tiny_spec_dict, write_spec, tmp_path, capsys):
         assert rows[trial_id]["epochs_run"] == last["epoch"]
     roles = [r["role"] for r in trials]
     assert roles.count("teacher") == 1
-    assert roles.count("search") == 3 * 2 and roles.count("final") == 3 * 2
+    # scratch searches nothing (no lr range): one search trial, not copies of one config
+    assert roles.count("search") == 1 + 2 * 2 and roles.count("final") == 3 * 2
+    assert sum(1 for r in trials if r["role"] == "search" and r["method"] == "scratch") == 1
     assert all(r["status"] == "finished" for r in trials)
 
     # the searches went through Optuna, with the define-by-run space
@@ -76,7 +78,7 @@ def test_tiny_study_end_to_end(tiny_spec_dict, write_spec, tmp_path, capsys):
         rows = [r for r in trials if r["role"] == "search" and r["method"] == method]
         study = load_optuna_study(run_dir / "optuna" / "journal.log", f"search-tiny-{method}"
                                   .replace("tiny", "digits_n300"))
-        assert study is not None and len(study.trials) == 2
+        assert study is not None and len(study.trials) == (1 if method == "scratch" else 2)
         assert {round(t.value, 6) for t in study.trials} == {round(r["val_acc"], 6) for r in rows}
         for r in rows:
             if method == "scratch":
@@ -135,7 +137,7 @@ def test_tiny_study_end_to_end(tiny_spec_dict, write_spec, tmp_path, capsys):
 
 def test_ctrl_c_keeps_finished_trials_and_resume_completes(tiny_spec_dict, write_spec, tmp_path):
     storage = tmp_path / "storage"
-    tiny_spec_dict["search"]["trials"] = 3
+    tiny_spec_dict["search"] |= {"trials": 3, "lr": [0.05, 0.2]}  # scratch searches too
     spec = write_spec(tiny_spec_dict)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "kdtune", "run", str(spec), "--storage",

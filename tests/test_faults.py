@@ -49,7 +49,9 @@ def test_a_killed_worker_is_restarted_from_its_checkpoint(tiny_spec_dict, write_
     rows = pq.read_table(run_dir / "trials.parquet").to_pylist()
     epochs = pq.read_table(run_dir / "epochs.parquet").to_pylist()
     ids = [r["trial_id"] for r in rows]
-    assert len(ids) == len(set(ids)) == 1 + 2 * 2 + 2  # every trial exactly once
+    # every trial exactly once: the teacher, 1 scratch (nothing searched) and 2 rkd search
+    # trials, 2 final runs
+    assert len(ids) == len(set(ids)) == 1 + 1 + 2 + 2
     assert all(r["status"] == "finished" for r in rows)
     killed = [r for r in rows if r["method"] == "rkd"]
     assert len(list(markers.iterdir())) == len(killed) == 3  # each was killed once
@@ -77,7 +79,7 @@ def _kill_session(session: int) -> None:
 
 def test_a_killed_driver_resumes_without_rerunning_or_losing_trials(tiny_spec_dict, write_spec,
                                                                     tmp_path):
-    tiny_spec_dict["search"]["trials"] = 3
+    tiny_spec_dict["search"] |= {"trials": 3, "lr": [0.05, 0.2]}  # scratch searches too
     storage = tmp_path / "runs"
     proc = _kdtune("run", str(write_spec(tiny_spec_dict)), "--storage", str(storage),
                    start_new_session=True)
