@@ -22,7 +22,9 @@ A run directory holds spec.yaml, run.json, trials.parquet (one row per trial),
 epochs.parquet (one row per trial and epoch), gains.parquet, datasets.parquet, report.html,
 the Optuna journal (optuna/) and Ray Tune's experiment folders (tune/).
 Teachers are stored once per (dataset, architecture, seed, budget) under STORAGE/teachers/
-and reused by every later run with the same storage.
+and reused by every later run with the same storage. STORAGE may be object storage
+(s3://bucket/prefix, gs://...): the run's files are then staged locally (KDTUNE_STAGING) and
+copied there after every trial, and 'kdtune resume' takes the run's URI.
 """
 
 
