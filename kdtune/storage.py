@@ -94,14 +94,14 @@ def delete(location: str | Path) -> None:
         fs.delete_file(path)
 
 
-def upload(local: Path, location: str | Path) -> None:
-    """Copy a local file to ``location`` so that no reader ever sees half of it: an object
-    store's put is atomic; a filesystem (file://, a mount) gets a temporary name and a move."""
-    fs, path = (pafs.LocalFileSystem(), str(Path(location).resolve())) if not is_uri(location) \
-        else open_uri(str(location))
+def upload(local: Path, uri: str) -> None:
+    """Copy a local file to ``uri`` so that no reader ever sees half of it: an object store's
+    put (S3, GCS) is atomic; a filesystem (file://, fsspec's) gets a temporary name and a move."""
+    fs, path = open_uri(uri)
     folder, name = path.rsplit("/", 1)
     fs.create_dir(folder, recursive=True)
-    atomic_put = not isinstance(fs, (pafs.LocalFileSystem, pafs.PyFileSystem))
+    # by name: a pyarrow built without S3 or GCS support lacks the class
+    atomic_put = type(fs).__name__ in ("S3FileSystem", "GcsFileSystem")
     target = path if atomic_put else f"{folder}/.{name}.{os.getpid()}.tmp"
     try:
         with open(local, "rb") as src, fs.open_output_stream(target) as out:
@@ -147,7 +147,7 @@ def save_torch(obj: Any, location: str | Path) -> None:
     if is_uri(location):
         with tempfile.TemporaryDirectory() as folder:
             torch.save(obj, Path(folder) / name_of(location))
-            upload(Path(folder) / name_of(location), location)
+            upload(Path(folder) / name_of(location), str(location))
         return
     path = Path(location)
     path.parent.mkdir(parents=True, exist_ok=True)
