@@ -22,7 +22,9 @@ A run directory holds spec.yaml, run.json, trials.parquet (one row per trial),
 epochs.parquet (one row per trial and epoch), gains.parquet, datasets.parquet, report.html,
 the Optuna journal (optuna/) and Ray Tune's experiment folders (tune/).
 Teachers are stored once per (dataset, architecture, seed, budget) under STORAGE/teachers/
-and reused by every later run with the same storage.
+and reused by every later run with the same storage. STORAGE may be object storage
+(s3://bucket/prefix, gs://...): the run's files are then staged locally (KDTUNE_STAGING) and
+copied there after every trial, and 'kdtune resume' takes the run's URI.
 """
 
 
@@ -41,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                          "Parquet results and report.html to a new run directory.")
     run.add_argument("spec", help="study spec (YAML), e.g. studies/quickstart.yaml")
     run.add_argument("--storage", metavar="DIR",
-                     help="where run directories and teachers go (default: the spec's storage)")
+                     help="where run directories and teachers go: a path, or object storage "
+                          "such as s3://bucket/prefix (default: the spec's storage)")
     run.add_argument("--address", metavar="ADDR",
                      help="join an existing Ray cluster ('auto' or HOST:6379) instead of "
                           "starting an embedded Ray; RAY_ADDRESS (set by 'ray job submit') "
@@ -54,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", help="continue an interrupted run where it stopped",
                             description="Continue a run directory: finished trials are kept and "
                             "not rerun; searches continue the same Optuna study.")
-    resume.add_argument("run_dir", help="a run directory printed by 'kdtune run'")
+    resume.add_argument("run_dir", help="a run directory (or its s3:// / gs:// URI) printed by "
+                        "'kdtune run'")
     resume.add_argument("--address", metavar="ADDR", help="as for run")
 
     validate = sub.add_parser("validate", help="check a spec without running it",
@@ -211,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     from kdtune.cluster import ClusterError, cluster_address
     from kdtune.data import DatasetError
     from kdtune.resources import ResourceError
+    from kdtune.storage import as_location
     from kdtune.study import StorageError, Study, StudyError, resolve_paths, stop_on_sigterm
 
     stop_on_sigterm(fresh=True)
@@ -224,9 +229,9 @@ def main(argv: list[str] | None = None) -> int:
             study = Study.create(spec, Path(args.spec).read_text(encoding="utf-8"),
                                  address=args.address)
         else:
-            study = Study.open(Path(args.run_dir))
+            study = Study.open(as_location(args.run_dir))
         study.run(address=args.address)
-        print(study.run_dir)
+        print(study.location)  # a URI for object storage: what `kdtune resume` takes
         return 0
     except (SpecError, StorageError, DatasetError, ResourceError, ClusterError) as error:
         return _fail(str(error))
@@ -236,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         if study is None:
             return _fail("interrupted before the run started", 130)
         kept = len(study.store.trials)
-        return _fail(f"interrupted: {kept} finished trial(s) kept in {study.run_dir}; "
-                     f"continue with: kdtune resume {study.run_dir}", 130)
+        return _fail(f"interrupted: {kept} finished trial(s) kept in {study.location}; "
+                     f"continue with: kdtune resume {study.location}", 130)
 
 
 if __name__ == "__main__":

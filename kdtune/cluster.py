@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from kdtune.resources import ResourcePlan, role_of
+from kdtune.storage import as_location, delete, exists, is_uri, join, write_bytes
 from kdtune.trainables import flat_config
 
 
@@ -31,25 +32,31 @@ def cluster_address(address: str | None) -> str | None:
 
 
 def _touch_and_check(path: str, marker: str) -> tuple[str, str | None]:
-    """Run on one node: can it see the driver's marker and write beside it?"""
+    """Run on one node: can it see the driver's marker and write beside it? (``path``: a
+    folder or a URI; a node without the bucket's credentials fails here.)"""
     import ray
 
     ip = ray.util.get_node_ip_address()
-    folder = Path(path)
-    if not (folder / marker).exists():
-        return ip, "cannot see files the driver wrote there"
-    probe = folder / f"{marker}-{uuid.uuid4().hex[:8]}"
+    folder = as_location(path)
     try:
-        probe.write_bytes(b"x")
-        probe.unlink()
-    except OSError as error:
-        return ip, f"cannot write there ({error.strerror or error})"
+        if not exists(join(folder, marker)):
+            return ip, "cannot see files the driver wrote there"
+    except (OSError, ValueError) as error:  # no route to the bucket, no credentials
+        return ip, f"cannot reach it ({str(error).splitlines()[0] if str(error) else error!r})"
+    probe = join(folder, f"{marker}-{uuid.uuid4().hex[:8]}")
+    try:
+        write_bytes(probe, b"x")
+        delete(probe)
+    except (OSError, ValueError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        return ip, f"cannot write there ({str(reason).splitlines()[0]})"
     return ip, None
 
 
 def check_shared_storage(storage: str | Path, timeout_s: float = 120) -> int:
     """On a multi-node cluster, check from every alive node that ``storage`` is the same folder
-    the driver writes to (a shared mount), since trials write checkpoints and teachers there.
+    the driver writes to (a shared mount, or the same object storage URI), since trials write
+    checkpoints and teachers there.
 
     Returns the number of nodes checked; raises ``StorageError`` (one line) if one cannot.
     """
@@ -62,7 +69,8 @@ def check_shared_storage(storage: str | Path, timeout_s: float = 120) -> int:
     if len(nodes) < 2:
         return len(nodes)
     marker = f".kdtune-shared-{uuid.uuid4().hex[:12]}"
-    (Path(storage) / marker).write_bytes(b"x")
+    storage = as_location(str(storage))
+    write_bytes(join(storage, marker), b"x")
     try:
         check = ray.remote(num_cpus=0, max_retries=0)(_touch_and_check)
         refs = [check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
@@ -74,10 +82,12 @@ def check_shared_storage(storage: str | Path, timeout_s: float = 120) -> int:
                                f"{timeout_s:.0f}s")
         for ip, problem in ray.get(refs):
             if problem:
+                where = ("object storage every node can reach (credentials on each node)"
+                         if is_uri(storage) else "a path every node mounts (NFS, ...)")
                 raise StorageError(f"storage {storage}: node {ip} {problem}; on a cluster, "
-                                   f"storage must be a path every node mounts (NFS, ...)")
+                                   f"storage must be {where}")
     finally:
-        (Path(storage) / marker).unlink(missing_ok=True)
+        delete(join(storage, marker))
     return len(nodes)
 
 

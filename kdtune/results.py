@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +85,10 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 class ResultsStore:
     """The run's rows in memory, flushed to Parquet after every finished trial."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, after_flush: Callable[[], None] | None = None) -> None:
         self.run_dir = Path(run_dir)
+        # the study's copy to object storage, once the files are complete
+        self.after_flush = after_flush
         self.trials = read_rows(self.run_dir / TRIALS_FILE)
         self.epochs = read_rows(self.run_dir / EPOCHS_FILE)
         self._pending_epochs: dict[str, list[dict[str, Any]]] = {}
@@ -106,6 +109,8 @@ class ResultsStore:
     def flush(self) -> None:
         write_table_atomic(self.epochs, EPOCH_SCHEMA, self.run_dir / EPOCHS_FILE)
         write_table_atomic(self.trials, TRIAL_SCHEMA, self.run_dir / TRIALS_FILE)
+        if self.after_flush is not None:
+            self.after_flush()
 
     def finished(self, **match: Any) -> list[dict[str, Any]]:
         return [r for r in self.trials if r["status"] == "finished"

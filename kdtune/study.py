@@ -40,6 +40,18 @@ from kdtune.results import (
     write_table_atomic,
 )
 from kdtune.spec import DatasetSpec, SpecError, StudySpec, parse_spec
+from kdtune.storage import (
+    Location,
+    RunMirror,
+    check_writable,
+    download_tree,
+    exists,
+    is_uri,
+    join,
+    load_torch,
+    staging_dir,
+    tune_storage,
+)
 from kdtune.trainables import flat_config, teacher_path
 
 if TYPE_CHECKING:
@@ -133,13 +145,16 @@ def check_datasets(spec: StudySpec, log: Callable[[str], None] | None = None,
 
 
 def check_storage(storage: str | Path, min_free: int = MIN_FREE_BYTES) -> None:
-    """Fail before any trial starts if ``storage`` cannot take a run: unwritable or full."""
-    if "://" in str(storage):
-        # Tune could write there, but kdtune's own files (Parquet after every trial, teachers,
-        # the Optuna journal with its file lock) are written with local file operations
-        raise StorageError(f"storage {storage}: object storage is not supported yet; use a "
-                           f"path every node of the cluster mounts (NFS, EFS, Filestore, a "
-                           f"Kubernetes volume)")
+    """Fail before any trial starts if ``storage`` cannot take a run: unwritable or full (an
+    object store: unreachable or unwritable)."""
+    if is_uri(storage):
+        try:
+            check_writable(str(storage))
+        except (OSError, ValueError) as error:  # pyarrow: ArrowIOError is OSError
+            first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise StorageError(f"storage {storage}: not reachable or not writable "
+                               f"({first})") from None
+        return
     storage = Path(storage)
     probe = storage / f".kdtune-write-test-{os.getpid()}"
     try:
@@ -156,13 +171,14 @@ def check_storage(storage: str | Path, min_free: int = MIN_FREE_BYTES) -> None:
                            f"{min_free // 2**20} MiB")
 
 
-def new_run_dir(spec: StudySpec) -> Path:
+def new_run_dir(spec: StudySpec) -> Location:
+    """A new run directory under the storage: a path, or a URI (its files are staged locally)."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(spec.storage) / f"{spec.study}-{stamp}"
-    run_dir, n = base, 1
-    while run_dir.exists():
+    base = f"{spec.study}-{stamp}"
+    run_dir, n = join(spec.storage, base), 1
+    while exists(run_dir):
         n += 1
-        run_dir = base.with_name(f"{base.name}-{n}")
+        run_dir = join(spec.storage, f"{base}-{n}")
     return run_dir
 
 
@@ -270,11 +286,12 @@ def _tune_callback(store: ResultsStore, spec: StudySpec, stage: str, role: str,
     return Recorder()
 
 
-def _fit(trainable, spec: StudySpec, run_dir: Path, stage: str, param_space: dict[str, Any],
+def _fit(trainable, spec: StudySpec, tune_dir: Location, stage: str, param_space: dict[str, Any],
          num_samples: int, callback, searcher=None, scheduler=None,
          plan: ResourcePlan | None = None, **parameters: Any) -> None:
     """One stage as a Tuner. ``parameters`` (object refs of the datasets and teachers) reach
-    the trainable through ``tune.with_parameters``, never through its closure."""
+    the trainable through ``tune.with_parameters``, never through its closure. ``tune_dir``:
+    Tune's experiment folder (trial checkpoints), a path or a URI every node reaches."""
     from ray import tune
 
     check_stop()
@@ -301,7 +318,8 @@ def _fit(trainable, spec: StudySpec, run_dir: Path, stage: str, param_space: dic
                                     num_samples=num_samples, reuse_actors=True,
                                     max_concurrent_trials=spec.resources.max_concurrent_trials),
         run_config=tune.RunConfig(
-            name=stage, storage_path=str(run_dir / "tune"), callbacks=[callback], verbose=0,
+            name=stage, callbacks=[callback], verbose=0,
+            **(tune_storage(tune_dir) if is_uri(tune_dir) else {"storage_path": str(tune_dir)}),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             # a trial whose worker dies or raises is retried from its last checkpoint
             failure_config=tune.FailureConfig(max_failures=spec.scheduler.max_retries)),
@@ -407,10 +425,15 @@ class Study:
     """One run directory of one spec. ``run()`` runs (or continues) every stage."""
 
     def __init__(self, spec: StudySpec, run_dir: Path, spec_text: str | None = None,
-                 log: Callable[[str], None] = _log) -> None:
+                 log: Callable[[str], None] = _log, remote: str | None = None) -> None:
+        """``run_dir``: the local run directory; with object storage, the staging copy of the
+        run at the URI ``remote``, which gets each file again after every write."""
         self.spec, self.run_dir, self.log = spec, Path(run_dir), log
         self.spec_text = spec_text
-        self.store = ResultsStore(self.run_dir)
+        self.remote = remote
+        self.location: Location = remote or self.run_dir  # what `kdtune resume` takes
+        self._mirror = RunMirror(self.run_dir, remote) if remote else None
+        self.store = ResultsStore(self.run_dir, after_flush=self._sync)
         self.splits: list[Splits] | None = None  # loaded by the driver, put in the object store
         self.plan: ResourcePlan | None = None  # resolved resources per role
         self._data_refs: list[Any] | None = None
@@ -428,28 +451,53 @@ class Study:
         if check_shared_storage(spec.storage) > 1:
             log(f"storage {spec.storage}: visible and writable from every node")
         plan = plan_resources(spec, splits, log)
-        run_dir = new_run_dir(spec)
+        location = new_run_dir(spec)
+        remote = str(location) if is_uri(location) else None
+        run_dir = staging_dir(remote) if remote else Path(location)
+        if remote:  # leftovers of an earlier run of that name are not this run's files
+            shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
         (run_dir / SPEC_FILE).write_text(spec_text)
         write_table_atomic(dataset_rows, DATASET_SCHEMA, run_dir / DATASETS_FILE)
-        study = cls(spec, run_dir, spec_text, log)
+        study = cls(spec, run_dir, spec_text, log, remote=remote)
         study.splits, study.plan = splits, plan
         study._write_meta("created")
         return study
 
     @classmethod
-    def open(cls, run_dir: Path, log: Callable[[str], None] = _log) -> Study:
-        """An existing run directory, for ``kdtune resume``."""
+    def open(cls, run_dir: Location, log: Callable[[str], None] = _log) -> Study:
+        """An existing run directory, for ``kdtune resume``: a path, or a URI whose kdtune
+        files are first copied to a local staging folder (Tune's stay where they are)."""
+        remote = str(run_dir).rstrip("/") if is_uri(run_dir) else None
+        if remote:
+            run_dir = staging_dir(remote)
+            shutil.rmtree(run_dir, ignore_errors=True)  # the URI holds the run, not staging
+            try:
+                download_tree(remote, run_dir, skip=("tune",))
+            except (OSError, ValueError) as error:
+                raise StorageError(f"{remote}: cannot read it ({error})") from None
         run_dir = Path(run_dir).resolve()
         spec_file = run_dir / SPEC_FILE
         if not spec_file.exists():
-            raise StorageError(f"{run_dir}: not a kdtune run directory (no {SPEC_FILE})")
+            raise StorageError(f"{remote or run_dir}: not a kdtune run directory "
+                               f"(no {SPEC_FILE})")
         meta = json.loads((run_dir / RUN_FILE).read_text()) if (run_dir / RUN_FILE).exists() else {}
         spec = parse_spec(yaml.safe_load(spec_file.read_text()), str(spec_file))
-        spec = spec.model_copy(update={"storage": meta.get("storage", str(run_dir.parent))})
+        parent = remote.rsplit("/", 1)[0] if remote else str(run_dir.parent)
+        spec = spec.model_copy(update={"storage": meta.get("storage", parent)})
         if meta.get("datasets"):
             spec = spec.model_copy(update={"datasets": [DatasetSpec(**d) for d in meta["datasets"]]})
-        return cls(spec, run_dir, spec_file.read_text(), log)
+        return cls(spec, run_dir, spec_file.read_text(), log, remote=remote)
+
+    @property
+    def tune_dir(self) -> Location:
+        """Tune's experiment folders: beside kdtune's files, at the URI for object storage."""
+        return join(self.location, "tune")
+
+    def _sync(self) -> None:
+        """Copy the files that changed to the run's URI (nothing to do for a local run)."""
+        if self._mirror is not None:
+            self._mirror.sync()
 
     def _prepare(self, address: str | None) -> None:
         """Join Ray, load the datasets (a resumed run) and resolve resources for this cluster."""
@@ -476,9 +524,10 @@ class Study:
                      "updated_at": dt.datetime.now().isoformat(timespec="seconds")}, **extra)
         meta.setdefault("created_at", meta["updated_at"])
         _write_json_atomic(meta, path)
+        self._sync()
 
     # --- stages -------------------------------------------------------------------------
-    def _teachers(self, model: str = "teacher") -> dict[int, tuple[str, Path]]:
+    def _teachers(self, model: str = "teacher") -> dict[int, tuple[str, Location]]:
         """Train (or reuse) the pretrained models of one spec architecture: ``teacher``, or
         ``student`` for the pretrained copy of the student that teaches self/reversed."""
         from kdtune.trainables import train_teacher
@@ -492,7 +541,7 @@ class Study:
             tid = spec.teacher_id(ds, model)
             path = teacher_path(spec.storage, tid)
             out[index] = (tid, path)
-            if path.exists():
+            if exists(path):
                 self.log(f"{method} {tid}: reusing {path}")
                 self._record_reused_teacher(index, tid, path, method, stage)
             elif index not in [i for i, _ in to_train] and tid not in [t for _, t in to_train]:
@@ -507,10 +556,10 @@ class Study:
             from ray import tune
 
             callback = _tune_callback(self.store, spec, stage, "teacher", len(jobs), self.log)
-            _fit(train_teacher, spec, self.run_dir, stage,
+            _fit(train_teacher, spec, self.tune_dir, stage,
                  {"job": tune.grid_search(jobs)}, 1, callback, plan=self.plan,
                  data=self._data_refs)
-            missing = [tid for i, tid in to_train if not out[i][1].exists()]
+            missing = [tid for i, tid in to_train if not exists(out[i][1])]
             if missing:
                 raise StudyError(f"teacher training failed for {', '.join(missing)}; "
                                  f"see {self.run_dir / 'trials.parquet'} (column failure)")
@@ -521,15 +570,13 @@ class Study:
         trial = self.plan.for_method(method)
         return {"cpus": trial.cpus, "gpus": trial.gpus}
 
-    def _record_reused_teacher(self, index: int, tid: str, path: Path, method: str = "teacher",
-                               stage: str = "teachers") -> None:
-        import torch
-
+    def _record_reused_teacher(self, index: int, tid: str, path: Location,
+                               method: str = "teacher", stage: str = "teachers") -> None:
         trial_id = f"{stage}:reused:{tid}"
         if any(r["trial_id"] == trial_id or (r["role"] == "teacher" and r["teacher_id"] == tid)
                for r in self.store.trials):
             return  # this run trained it (and was resumed), or already recorded its reuse
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_torch(path)
         self.store.finish_trial({
             "study": self.spec.study, "run_id": self.run_dir.name, "stage": stage,
             "trial_id": trial_id, "dataset": self.spec.datasets[index].label,
@@ -541,7 +588,7 @@ class Study:
             "wall_s": 0.0, "teacher_id": tid, **row_columns(self.spec, method, {})})
 
     def _search_part(self, index: int, method: str,
-                     teachers: dict[int, tuple[str, Path]]) -> SearchPart:
+                     teachers: dict[int, tuple[str, Location]]) -> SearchPart:
         """The Optuna search of one (dataset, method), as much of it as is not done yet;
         ``teachers``: the pretrained models that teach ``method``, by dataset index."""
         from kdtune.multisearch import SearchPart
@@ -567,7 +614,7 @@ class Study:
                           finals=lambda: self._final_jobs(index, method, teachers))
 
     def _final_jobs(self, index: int, method: str,
-                    teachers: dict[int, tuple[str, Path]]) -> list[dict[str, Any]]:
+                    teachers: dict[int, tuple[str, Location]]) -> list[dict[str, Any]]:
         """The best search trial of (dataset, method) (on validation), retrained on each seed
         not yet finished; called once that search is done."""
         spec, ds = self.spec, self.spec.datasets[index]
@@ -590,7 +637,7 @@ class Study:
                      f"{best['val_acc']:.1f}%) on seeds {[j['seed'] for j in jobs]}")
         return jobs
 
-    def _students(self, teachers: dict[str, dict[int, tuple[str, Path]]]) -> None:
+    def _students(self, teachers: dict[str, dict[int, tuple[str, Location]]]) -> None:
         """Every search, and the final runs of each search's best config, in one Tuner: no
         stage barrier, and trial workers stay warm from the first search to the last run.
         ``teachers``: the pretrained models by source (``teacher``, ``student``), then index."""
@@ -614,7 +661,7 @@ class Study:
         expected = {p.stage: p.trials for p in parts} | {"final": finals}
         callback = _tune_callback(self.store, spec, "final", "final", expected, self.log)
         asha = _asha(spec)
-        _fit(train_student, spec, self.run_dir, "students", {}, searches + finals, callback,
+        _fit(train_student, spec, self.tune_dir, "students", {}, searches + finals, callback,
              searcher=StudySearcher(parts),
              scheduler=PerStageASHA(lambda: _asha(spec)) if asha else None, plan=self.plan,
              data=self._data_refs, teachers=self._teacher_refs)
@@ -624,7 +671,8 @@ class Study:
         from kdtune.report import build_report
 
         started = time.perf_counter()
-        self.log(f"run directory: {self.run_dir}")
+        self.log(f"run directory: {self.location}"
+                 + (f" (staged in {self.run_dir})" if self.remote else ""))
         self._write_meta("running")
         try:
             self._prepare(address)
@@ -651,7 +699,7 @@ class Study:
 def plan_resources(spec: StudySpec, splits: list[Splits],
                    log: Callable[[str], None] = _log) -> ResourcePlan:
     """Each role's resources on the connected cluster (``gpus: fit`` measures here)."""
-    train_teacher = not all(teacher_path(spec.storage, spec.teacher_id(ds, model)).exists()
+    train_teacher = not all(exists(teacher_path(spec.storage, spec.teacher_id(ds, model)))
                             for ds in spec.datasets for model in teacher_sources(spec))
     shapes = [Shape(s.channels, s.image_size, s.num_classes, splits_bytes(s)) for s in splits]
     plan = resolve(spec, roles_needed(spec, train_teacher), ClusterView.from_ray(), shapes,
@@ -666,14 +714,13 @@ def splits_bytes(splits: Splits) -> int:
                                                     "test_x", "test_y"))
 
 
-def _put_teachers(teachers: dict[str, dict[int, tuple[str, Path]]]) -> dict[str, Any]:
+def _put_teachers(teachers: dict[str, dict[int, tuple[str, Location]]]) -> dict[str, Any]:
     """Each pretrained model's weights, once in the object store: student trials on any node
-    read them from there, not from the teacher store."""
+    read them from there, not from the teacher store (a path or a URI)."""
     import ray
-    import torch
 
     paths = {tid: path for source in teachers.values() for tid, path in source.values()}
-    return {tid: ray.put(torch.load(path, map_location="cpu", weights_only=True))
+    return {tid: ray.put(load_torch(path))
             for tid, path in paths.items()}
 
 

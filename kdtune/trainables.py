@@ -37,6 +37,7 @@ from kdtune.engine import (
 from kdtune.methods import accuracy_json, omit_class, trial_models
 from kdtune.models import build_model
 from kdtune.spec import DatasetSpec, ModelSpec, StudySpec
+from kdtune.storage import Location, as_location, join, load_torch, save_torch, version
 from kdtune.teacher_outputs import CachedTeacher, feature_bytes, precompute
 
 _SPLITS_CACHE: dict[tuple[str, str], Splits] = {}
@@ -77,24 +78,17 @@ def dataset_splits(dataset: DatasetSpec, device: torch.device, ref: Any = None) 
     return _cached(_SPLITS_CACHE, key, make)
 
 
-def teacher_path(storage: str | Path, teacher_id: str) -> Path:
-    return Path(storage) / "teachers" / teacher_id / TEACHER_FILE
+def teacher_path(storage: str | Path, teacher_id: str) -> Location:
+    """Where a teacher is stored: a path under a local storage, a URI under object storage."""
+    return join(storage, "teachers", teacher_id, TEACHER_FILE)
 
 
-def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` through a temporary file and a rename: never a truncated file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def save_atomic(obj: Any, path: Location) -> None:
+    """``torch.save`` through a temporary file: never a truncated file, locally or at a URI."""
+    save_torch(obj, path)
 
 
-def load_teacher(spec: StudySpec, path: Path, splits: Splits, device: torch.device,
+def load_teacher(spec: StudySpec, path: Location, splits: Splits, device: torch.device,
                  model: ModelSpec | None = None, ref: Any = None) -> torch.nn.Module:
     """A stored pretrained model (of ``model``'s architecture, default the spec's teacher), from
     the object store (``ref``) or else from its file."""
@@ -108,17 +102,17 @@ def load_teacher(spec: StudySpec, path: Path, splits: Splits, device: torch.devi
 
             state = ray.get(ref)
         else:
-            state = torch.load(path, map_location=device, weights_only=True)
+            state = load_torch(path, map_location=device)  # outside Ray, or no ref given
         teacher.load_state_dict(state["model"])
         return teacher.to(device).eval()
 
     return _cached(_TEACHER_CACHE, (teacher_key(path, ref), str(device)), make)
 
 
-def teacher_key(path: Path, ref: Any = None) -> str:
+def teacher_key(path: Location, ref: Any = None) -> str:
     """What identifies a stored teacher's weights: its object-store ref, else its file's mtime
     (a retrained teacher is a new file)."""
-    return ref.hex() if ref is not None else f"{path}@{path.stat().st_mtime}"
+    return ref.hex() if ref is not None else version(path)
 
 
 def student_splits(spec: StudySpec, dataset: DatasetSpec, device: torch.device,
@@ -225,7 +219,7 @@ def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool,
     if not is_teacher and teacher_arch is not None:
         # loaded before seeding: building it (first time in this worker) draws random numbers,
         # which would otherwise shift the student's initialisation from worker to worker
-        path = Path(config["teacher_path"])
+        path = as_location(config["teacher_path"])
         teacher_ref = (teachers or {}).get(config["teacher_id"])
         teacher = load_teacher(spec, path, splits, device, teacher_arch, teacher_ref)
     torch.manual_seed(seed)
@@ -267,7 +261,8 @@ def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool,
                     metrics.update(_class_and_exit_metrics(spec, distiller, splits, budget))
                 if is_teacher:
                     save_atomic({"model": model.state_dict(), "val_acc": report.val_acc,
-                                 "test_acc": metrics["test_acc"]}, Path(config["teacher_path"]))
+                                 "test_acc": metrics["test_acc"]},
+                                as_location(config["teacher_path"]))
             with tempfile.TemporaryDirectory() as folder:
                 torch.save({"distiller": distiller.state_dict(),
                             "optimizer": report.optimizer.state_dict(),

@@ -98,3 +98,46 @@ def test_ray_job_style_run_joins_through_ray_address(two_nodes, tiny_spec_dict, 
     (run_dir,) = storage.glob("tiny-*")
     # scratch searches nothing here: one search trial, then the final run
     assert len(pq.read_table(run_dir / "trials.parquet")) == 2
+
+
+def test_object_storage_uri_on_two_nodes(two_nodes, tiny_spec_dict, write_spec, tmp_path):
+    """A storage URI instead of a shared mount: every node reaches it (checked), Tune's
+    checkpoints and kdtune's files land there, and the run is named by its URI."""
+    cluster, _ = two_nodes
+    tiny_spec_dict.update(methods=["scratch"], final={"seeds": [0]})
+    tiny_spec_dict["search"]["trials"] = 2
+    uri = f"file://{tmp_path}/bucket/kdtune"
+    proc = _run(["run", str(write_spec(tiny_spec_dict)), "--storage", uri, "--address",
+                 cluster.address], cluster, {"KDTUNE_STAGING": str(tmp_path / "staging")})
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "visible and writable from every node" in proc.stdout
+    (run_dir,) = (tmp_path / "bucket" / "kdtune").glob("tiny-*")
+    assert proc.stdout.strip().splitlines()[-1] == f"{uri}/{run_dir.name}"
+    assert len(pq.read_table(run_dir / "trials.parquet")) == 2  # scratch: 1 search + 1 final
+    assert (run_dir / "tune" / "students").is_dir() and (run_dir / "report.html").is_file()
+
+
+CHECK_URI = """
+import sys, ray
+from kdtune.cluster import check_shared_storage
+from kdtune.study import StorageError
+ray.init(address=sys.argv[1], logging_level="ERROR")
+try:
+    print("nodes", check_shared_storage(sys.argv[2]))
+except StorageError as error:
+    print("error", error)
+"""
+
+
+def test_a_uri_only_the_driver_reaches_is_refused(two_nodes, tmp_path):
+    """fsspec's memory:// lives in one process: the nodes cannot see the driver's marker."""
+    cluster, _ = two_nodes
+    env = dict(cluster.env)
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-c", CHECK_URI, cluster.address,
+                           "memory://kdtune-test/runs"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert "error storage memory://kdtune-test/runs: node 127.0.0." in proc.stdout, \
+        proc.stdout + proc.stderr[-3000:]
+    assert "cannot see files the driver wrote there" in proc.stdout
+    assert "object storage every node can reach" in proc.stdout

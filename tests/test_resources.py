@@ -244,15 +244,6 @@ def test_each_trial_gets_its_methods_bundle(tiny_spec_dict):
 
 # ----------------------------------------------------------------------------- through the CLI
 
-def test_object_storage_is_a_one_line_error(tiny_spec_dict, write_spec, capsys):
-    from kdtune.cli import main
-
-    assert main(["run", str(write_spec(tiny_spec_dict)), "--storage", "s3://bucket/runs"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("kdtune: error: storage s3://bucket/runs: object storage is not "
-                          "supported yet") and "\n" not in err
-
-
 @pytest.fixture
 def _ray_shutdown():
     yield

@@ -1,0 +1,225 @@
+"""A study's storage as a local (shared) path or as a URI: object storage (``s3://``,
+``gs://``) or ``file://``, opened with pyarrow's filesystems (fsspec's for other schemes).
+
+A location is a ``Path`` for a local storage and a ``str`` URI otherwise; the helpers here take
+either, so callers (teacher store, run directory mirror, cluster check) need no branch of
+their own. With a URI storage the driver keeps a run directory in a local staging folder
+(:func:`staging_dir`) and :class:`RunMirror` copies each kdtune file to the URI after it is
+written: Optuna's journal needs a local file lock, and Parquet is rewritten whole per trial.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+Location = str | Path  # a local path, or a URI such as s3://bucket/prefix/teachers/x/teacher.pt
+
+
+def is_uri(location: str | Path) -> bool:
+    return isinstance(location, str) and "://" in location
+
+
+def as_location(text: str | Path) -> Location:
+    """A config string back as a location: ``Path("s3://b/x")`` would fold ``//`` into ``/``."""
+    return text if is_uri(text) else Path(text)
+
+
+def join(base: str | Path, *parts: str) -> Location:
+    if is_uri(base):
+        return "/".join([str(base).rstrip("/"), *parts])
+    return Path(base).joinpath(*parts)
+
+
+def name_of(location: str | Path) -> str:
+    return str(location).rstrip("/").rsplit("/", 1)[-1]
+
+
+def open_uri(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem of ``uri`` and the path within it. pyarrow knows s3, gs, hdfs and file
+    (credentials as the AWS/GCP SDKs find them); other schemes (memory://, az:// with adlfs,
+    ...) go through fsspec."""
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except Exception as error:  # noqa: BLE001 - pyarrow raises ArrowInvalid for a scheme it lacks
+        import fsspec
+        from fsspec.core import url_to_fs
+
+        try:
+            fs, path = url_to_fs(uri)
+        except (ImportError, ValueError):
+            raise error from None
+        if not isinstance(fs, fsspec.AbstractFileSystem):
+            raise error from None
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def exists(location: str | Path) -> bool:
+    if not is_uri(location):
+        return Path(location).exists()
+    fs, path = open_uri(str(location))
+    # on object storage a folder exists once an object is under it
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def version(location: str | Path) -> str:
+    """What changes when the file at ``location`` is rewritten (a retrained teacher)."""
+    if not is_uri(location):
+        return f"{location}@{Path(location).stat().st_mtime}"
+    fs, path = open_uri(str(location))
+    info = fs.get_file_info(path)
+    return f"{location}@{info.mtime_ns or ''}:{info.size}"
+
+
+def write_bytes(location: str | Path, data: bytes) -> None:
+    if not is_uri(location):
+        Path(location).write_bytes(data)
+        return
+    fs, path = open_uri(str(location))
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as out:
+        out.write(data)
+
+
+def delete(location: str | Path) -> None:
+    if not is_uri(location):
+        Path(location).unlink(missing_ok=True)
+        return
+    fs, path = open_uri(str(location))
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_file(path)
+
+
+def upload(local: Path, uri: str) -> None:
+    """Copy a local file to ``uri`` so that no reader ever sees half of it: an object store's
+    put (S3, GCS) is atomic; a filesystem (file://, fsspec's) gets a temporary name and a move."""
+    fs, path = open_uri(uri)
+    folder, name = path.rsplit("/", 1)
+    fs.create_dir(folder, recursive=True)
+    # by name: a pyarrow built without S3 or GCS support lacks the class
+    atomic_put = type(fs).__name__ in ("S3FileSystem", "GcsFileSystem")
+    target = path if atomic_put else f"{folder}/.{name}.{os.getpid()}.tmp"
+    try:
+        with open(local, "rb") as src, fs.open_output_stream(target) as out:
+            while chunk := src.read(8 << 20):
+                out.write(chunk)
+        if target != path:
+            fs.move(target, path)
+    except BaseException:
+        if target != path and fs.get_file_info(target).type != pafs.FileType.NotFound:
+            fs.delete_file(target)
+        raise
+
+
+def download(location: str | Path, local: Path) -> None:
+    fs, path = open_uri(str(location))
+    local.parent.mkdir(parents=True, exist_ok=True)
+    with fs.open_input_stream(path) as src, open(local, "wb") as out:
+        while chunk := src.read(8 << 20):
+            out.write(chunk)
+
+
+def download_tree(uri: str, local: Path, skip: tuple[str, ...] = ()) -> list[str]:
+    """Every file under ``uri`` (but those under a top-level folder in ``skip``) to ``local``;
+    returns their relative paths (none: nothing there)."""
+    fs, base = open_uri(uri)
+    base = base.rstrip("/")
+    if fs.get_file_info(base).type != pafs.FileType.Directory:
+        return []
+    names = []
+    for info in fs.get_file_info(pafs.FileSelector(base, recursive=True)):
+        rel = info.path[len(base) + 1:]
+        if info.type == pafs.FileType.File and rel.split("/", 1)[0] not in skip:
+            download(f"{uri.rstrip('/')}/{rel}", local / rel)
+            names.append(rel)
+    return names
+
+
+def save_torch(obj: Any, location: str | Path) -> None:
+    """``torch.save`` to a local path or a URI, through a temporary file: never a truncated
+    file (a crashed trial leaves the old teacher or none)."""
+    import torch
+
+    if is_uri(location):
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(obj, Path(folder) / name_of(location))
+            upload(Path(folder) / name_of(location), str(location))
+        return
+    path = Path(location)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_torch(location: str | Path, map_location: Any = "cpu") -> Any:
+    import torch
+
+    if not is_uri(location):
+        return torch.load(location, map_location=map_location, weights_only=True)
+    with tempfile.TemporaryDirectory() as folder:
+        download(location, Path(folder) / name_of(location))
+        return torch.load(Path(folder) / name_of(location), map_location=map_location,
+                          weights_only=True)
+
+
+def check_writable(uri: str) -> None:
+    """Write and delete a small object under ``uri``; raises OSError/ValueError if the storage
+    is unreachable or read-only."""
+    target = join(uri, f".kdtune-write-test-{os.getpid()}")
+    write_bytes(target, b"x")
+    delete(target)
+
+
+def tune_storage(uri: str) -> dict[str, Any]:
+    """``tune.RunConfig`` arguments that put Tune's experiment folder (trial checkpoints) at
+    ``uri``: a filesystem object, so schemes only fsspec knows work as well."""
+    fs, path = open_uri(uri)
+    return {"storage_path": path, "storage_filesystem": fs}
+
+
+def staging_root() -> Path:
+    """Where the driver keeps run directories whose storage is a URI (``KDTUNE_STAGING``)."""
+    return Path(os.environ.get("KDTUNE_STAGING")
+                or Path.home() / ".cache" / "kdtune" / "runs").expanduser().resolve()
+
+
+def staging_dir(run_uri: str) -> Path:
+    return staging_root() / name_of(run_uri)
+
+
+class RunMirror:
+    """Copies a staging run directory's files to its URI, each one again whenever it changed.
+
+    ``tune/`` is never in staging (Tune writes straight to the URI); hidden files are the
+    temporary files of atomic writes.
+    """
+
+    def __init__(self, local: Path, uri: str) -> None:
+        self.local, self.uri = Path(local), uri
+        self._sent: dict[str, tuple[int, int]] = {}
+
+    def sync(self) -> int:
+        """Upload what changed since the last call; returns how many files were uploaded."""
+        sent = 0
+        for path in sorted(self.local.rglob("*")):
+            rel = path.relative_to(self.local).as_posix()
+            if not path.is_file() or any(p.startswith(".") for p in rel.split("/")) \
+                    or rel.endswith(".lock"):
+                continue
+            stat = path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            if self._sent.get(rel) != stamp:
+                upload(path, f"{self.uri}/{rel}")
+                self._sent[rel] = stamp
+                sent += 1
+        return sent

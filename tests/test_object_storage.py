@@ -1,0 +1,190 @@
+"""A study's storage as a URI (object storage through pyarrow's filesystems), exercised with
+``file://`` and fsspec's ``memory://``: no test here touches a real bucket."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from kdtune import storage
+from kdtune.cli import main
+from kdtune.results import TRIAL_SCHEMA, write_table_atomic
+from kdtune.study import StorageError, check_storage
+
+
+@pytest.fixture
+def staging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "staging"
+    monkeypatch.setenv("KDTUNE_STAGING", str(folder))
+    return folder
+
+
+@pytest.fixture(params=["file", "memory"])
+def base_uri(request, tmp_path: Path) -> str:
+    if request.param == "file":
+        return f"file://{tmp_path}/bucket/prefix"
+    return f"memory://kdtune-{uuid.uuid4().hex[:8]}/prefix"  # fsspec's in-process store
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def test_paths_stay_paths_and_uris_stay_uris(tmp_path: Path):
+    assert storage.join(tmp_path, "teachers", "t") == tmp_path / "teachers" / "t"
+    assert storage.join("s3://b/runs/", "teachers", "t") == "s3://b/runs/teachers/t"
+    assert storage.as_location("gs://b/x//y") == "gs://b/x//y"  # Path() would fold the //
+    assert storage.as_location(str(tmp_path)) == tmp_path
+    assert storage.name_of("s3://b/runs/study-1/") == "study-1"
+
+
+def test_write_exists_delete_and_probe(base_uri: str):
+    target = storage.join(base_uri, "a", "b.bin")
+    assert not storage.exists(target)
+    storage.write_bytes(target, b"hello")
+    assert storage.exists(target) and storage.exists(storage.join(base_uri, "a"))
+    storage.delete(target)
+    storage.delete(target)  # already gone: no error
+    assert not storage.exists(target)
+    storage.check_writable(base_uri)
+    fs, path = storage.open_uri(base_uri)
+    left = fs.get_file_info(storage.pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    assert not [i.path for i in left if i.type == storage.pafs.FileType.File]
+
+
+def test_torch_round_trip_and_version(base_uri: str):
+    target = storage.join(base_uri, "teachers", "t1", "teacher.pt")
+    storage.save_torch({"model": {"w": torch.ones(3)}, "val_acc": 91.0}, target)
+    state = storage.load_torch(target)
+    assert state["val_acc"] == 91.0 and torch.equal(state["model"]["w"], torch.ones(3))
+    before = storage.version(target)
+    storage.save_torch({"model": {"w": torch.zeros(30)}, "val_acc": 1.0}, target)
+    assert storage.version(target) != before  # a retrained teacher is not served from a cache
+
+
+def test_mirror_uploads_what_changed_and_downloads_back(base_uri: str, tmp_path: Path):
+    local = tmp_path / "run"
+    (local / "optuna").mkdir(parents=True)
+    (local / "trials.parquet").write_bytes(b"1")
+    (local / "optuna" / "journal.log").write_text("{}\n")
+    (local / ".trials.parquet.123.tmp").write_bytes(b"partial")  # an atomic write under way
+    (local / "optuna" / "journal.log.lock").write_text("")
+    mirror = storage.RunMirror(local, f"{base_uri}/run-1")
+    assert mirror.sync() == 2
+    assert mirror.sync() == 0  # nothing changed
+    (local / "trials.parquet").write_bytes(b"22")
+    assert mirror.sync() == 1
+    back = tmp_path / "back"
+    got = storage.download_tree(f"{base_uri}/run-1", back)
+    assert sorted(got) == ["optuna/journal.log", "trials.parquet"]
+    assert (back / "trials.parquet").read_bytes() == b"22"
+    assert storage.download_tree(f"{base_uri}/nothing-here", tmp_path / "none") == []
+
+
+def test_upload_to_a_file_uri_leaves_no_temporary(tmp_path: Path):
+    source = tmp_path / "x.bin"
+    source.write_bytes(b"x" * 1000)
+    storage.upload(source, f"file://{tmp_path}/out/x.bin")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["x.bin"]
+
+
+def test_check_storage_accepts_a_writable_uri_and_leaves_nothing(tmp_path: Path):
+    check_storage(f"file://{tmp_path}/store")
+    assert list((tmp_path / "store").iterdir()) == []
+
+
+def test_unwritable_uri_is_a_one_line_storage_error(tmp_path: Path):
+    if os.geteuid() == 0:
+        pytest.skip("running as root: a read-only folder is writable")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(StorageError) as error:
+            check_storage(f"file://{locked}/runs")
+        assert str(error.value).startswith(f"storage file://{locked}/runs: not reachable or "
+                                           f"not writable") and "\n" not in str(error.value)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_cli_refuses_an_unwritable_uri_with_one_line_and_writes_nothing(
+        tiny_spec_dict, write_spec, staging: Path, capsys):
+    # /proc takes no new folder, whoever runs the test
+    assert main(["run", str(write_spec(tiny_spec_dict)), "--storage",
+                 "file:///proc/kdtune-test/runs"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kdtune: error: storage file:///proc/kdtune-test/runs: not reachable "
+                          "or not writable") and "\n" not in err
+    assert not staging.exists()
+
+
+def test_resume_of_a_uri_without_a_run_is_one_line(tmp_path: Path, staging: Path, capsys):
+    assert main(["resume", f"file://{tmp_path}/no-such-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a kdtune run directory" in err and "\n" not in err
+
+
+# ----------------------------------------------------------------------------- a tiny study
+
+def _runs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name != "teachers")
+
+
+@pytest.mark.slow
+def test_tiny_study_on_a_file_uri(tiny_spec_dict, write_spec, tmp_path: Path, staging: Path,
+                                  capsys):
+    import ray
+
+    root = tmp_path / "bucket"
+    uri = f"file://{root}/kdtune"
+    tiny_spec_dict.update(methods=["scratch", "rkd"], final={"seeds": [0]})
+    tiny_spec_dict["search"]["trials"] = 1
+    spec = write_spec(tiny_spec_dict)
+    try:
+        assert main(["run", str(spec), "--storage", uri]) == 0
+        out = capsys.readouterr().out
+        (run,) = _runs(root / "kdtune")
+        assert f"{uri}/{run.name}" in out.splitlines()[-1]  # the URI, for `kdtune resume`
+
+        # kdtune's files, Tune's checkpoints and the teacher are all at the URI
+        for name in ("trials.parquet", "epochs.parquet", "gains.parquet", "datasets.parquet",
+                     "run.json", "spec.yaml", "report.html", "optuna/journal.log"):
+            assert (run / name).is_file(), name
+        assert sorted(p.name for p in (run / "tune").iterdir()) == ["students", "teachers"]
+        assert json.loads((run / "run.json").read_text())["status"] == "finished"
+        rows = pq.read_table(run / "trials.parquet").to_pylist()
+        assert len(rows) == 1 + 2 * 2 and all(r["status"] == "finished" for r in rows)
+        (teacher,) = (root / "kdtune" / "teachers").glob("*/teacher.pt")
+        assert torch.load(teacher, weights_only=True)["val_acc"] > 0
+        # the staging copy is a copy: the same trials
+        assert pq.read_table(staging / run.name / "trials.parquet").num_rows == len(rows)
+
+        # a second run reuses the teacher from the URI
+        assert main(["run", str(spec), "--storage", uri]) == 0
+        capsys.readouterr()
+        second = [p for p in _runs(root / "kdtune") if p != run][0]
+        rows2 = pq.read_table(second / "trials.parquet").to_pylist()
+        assert [r["status"] for r in rows2 if r["role"] == "teacher"] == ["reused"]
+        assert not (second / "tune" / "teachers").exists()
+
+        # resume from the URI with an empty staging folder: nothing finished is rerun, and a
+        # missing final (dropped here) is run again and lands at the URI
+        kept = [r for r in rows2 if r["role"] != "final"]
+        write_table_atomic(kept, TRIAL_SCHEMA, second / "trials.parquet")
+        shutil.rmtree(staging)
+        assert main(["resume", f"{uri}/{second.name}"]) == 0
+        out = capsys.readouterr().out
+        assert "nothing left to run" not in out
+        resumed = pq.read_table(second / "trials.parquet").to_pylist()
+        assert {r["trial_id"] for r in kept} <= {r["trial_id"] for r in resumed}
+        assert len(resumed) == len(rows2)
+        assert sum(r["role"] == "final" for r in resumed) == 2
+        assert sum(r["role"] == "search" for r in resumed) == 2  # no search rerun
+    finally:
+        ray.shutdown()
