@@ -161,8 +161,9 @@ def markdown(result: dict) -> str:
     lines = [f"# kd_overhead: {result['date']}", "",
              f"Machine: {result['machine']}; torch {result['torch']}, {result['threads']} "
              f"thread(s); loadavg before {result['loadavg_before']}, after "
-             f"{result['loadavg_after']} (2 cores shared with other engineers' tests: ratios are "
-             "taken within interleaved rounds, absolute times are noisy).", "",
+             f"{result['loadavg_after']} (ratios are taken within interleaved "
+             "rounds, so load from other processes hits every method alike; absolute times "
+             "move with it).", "",
              "ratio = median CPU time per step / the baseline's (the headline), with the "
              "quartiles of the within-round CPU-time ratios; wall = 25th-percentile wall time "
              "ratio. `self cached` and `rkd cached` do identical work: their gap is the noise.",

@@ -177,6 +177,8 @@ def compute_gains(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
             else:
                 gain, low, high = mean_ci([rows[s]["test_acc"] - scratch[s]["test_acc"]
                                            for s in paired])
+                # equal accuracies differ by float rounding (1e-15): print 0.00, not -0.00
+                gain = round(gain, 9)
             out.append({
                 "dataset": dataset, "method": method, "n_seeds": len(rows),
                 "test_acc_mean": sum(accs) / len(accs), "test_acc_std": _std(accs),
