@@ -127,7 +127,8 @@ def _bare_trial(job: dict[str, Any]) -> tuple[str, float]:
     from kdtune.distill import Scratch, build_distiller
     from kdtune.engine import evaluate, make_optimizer, train_epochs
     from kdtune.models import build_model
-    from kdtune.trainables import _budget, save_atomic
+    from kdtune.storage import save_torch
+    from kdtune.trainables import _budget
 
     started = time.perf_counter()
     spec = _WORKER["spec"]
@@ -163,7 +164,7 @@ def _bare_trial(job: dict[str, Any]) -> tuple[str, float]:
         pass
     evaluate(model, splits.test_x, splits.test_y, splits, amp=budget.amp)
     if is_teacher:
-        save_atomic({"model": model.state_dict()}, teacher_file)
+        save_torch({"model": model.state_dict()}, teacher_file)
     return job["trial_id"], time.perf_counter() - started
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kdtune.methods import METHOD_INFO, PRETRAINED, teacher_sources, trial_models
 from kdtune.spec import StudySpec
 
 ROLES = ("teacher", "scratch", "student")
@@ -49,8 +50,6 @@ def role_of(method: str) -> str:
     """The resources role of a trial of ``method``: ``teacher`` for pretraining (the teacher, or
     the pretrained student that teaches self/reversed), ``scratch`` for a baseline nobody
     teaches (scratch, reversed_scratch), ``student`` for every distilled student."""
-    from kdtune.methods import METHOD_INFO, PRETRAINED
-
     if method in PRETRAINED.values():
         return "teacher"
     return "scratch" if METHOD_INFO[method].taught_by is None else "student"
@@ -153,8 +152,6 @@ class Shape:
 
 def probes_for(spec: StudySpec, roles: Iterable[str]) -> list[MemoryProbe]:
     """Every (role, method, dataset, hint layer) whose training step may differ in memory."""
-    from kdtune.methods import PRETRAINED, teacher_sources
-
     probes = []
     for index in range(len(spec.datasets)):
         for role in roles:
@@ -176,7 +173,6 @@ def step_peak_bytes(spec: StudySpec, probe: MemoryProbe, shape: Shape, device: A
 
     from kdtune.distill import Scratch, build_distiller
     from kdtune.engine import Budget, _autocast, make_optimizer
-    from kdtune.methods import trial_models
     from kdtune.models import build_model
 
     cuda = device.type == "cuda"

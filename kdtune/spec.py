@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -206,6 +207,12 @@ class DistillationSpec(_Strict):
     omit_class: int | None = Field(default=None, ge=0)
 
 
+# the searched ranges' bounds: (low, high, low bound excluded); None is unbounded
+SEARCH_RANGES = {"alpha": (0.0, 1.0, False), "tau": (0.0, None, True),
+                 "beta": (0.0, None, False), "lr": (0.0, None, True),
+                 "aug_share": (0.0, 1.0, False)}
+
+
 def _range(value: Any, low: float | None, high: float | None, name: str,
            low_open: bool = False) -> tuple[float, float] | None:
     if value is None:
@@ -240,30 +247,11 @@ class SearchSpec(_Strict):
     # each method takes the keys it searches and Optuna samples the rest
     points: list[dict[str, Any]] | None = None
 
-    @field_validator("alpha")
+    @field_validator(*SEARCH_RANGES)
     @classmethod
-    def _alpha(cls, v: Any) -> Any:
-        return _range(v, 0.0, 1.0, "alpha")
-
-    @field_validator("tau")
-    @classmethod
-    def _tau(cls, v: Any) -> Any:
-        return _range(v, 0.0, None, "tau", low_open=True)
-
-    @field_validator("beta")
-    @classmethod
-    def _beta(cls, v: Any) -> Any:
-        return _range(v, 0.0, None, "beta")
-
-    @field_validator("lr")
-    @classmethod
-    def _lr(cls, v: Any) -> Any:
-        return _range(v, 0.0, None, "lr", low_open=True)
-
-    @field_validator("aug_share")
-    @classmethod
-    def _aug_share(cls, v: Any) -> Any:
-        return _range(v, 0.0, 1.0, "aug_share")
+    def _search_range(cls, v: Any, info: ValidationInfo) -> Any:
+        low, high, low_open = SEARCH_RANGES[info.field_name]
+        return _range(v, low, high, info.field_name, low_open=low_open)
 
     @field_validator("augmentation")
     @classmethod

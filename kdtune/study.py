@@ -112,19 +112,17 @@ def resolve_paths(spec: StudySpec, storage: str | None, data_dir: str | None,
 
 
 def check_datasets(spec: StudySpec, log: Callable[[str], None] | None = None,
-                   keep: list[Splits] | None = None) -> list[dict[str, Any]]:
-    """Load every dataset once in the driver: a missing one fails before any trial starts.
+                   loaded: list[Splits] | None = None) -> list[dict[str, Any]]:
+    """Load every dataset once in the driver (or take the ``loaded`` splits): a missing one
+    fails before any trial starts.
 
     Each dataset's complexity is measured here too (seconds), so it is stored with the results.
-    The loaded splits are appended to ``keep``: trials get them through Ray's object store.
     """
     from kdtune.complexity import as_row, measure
 
     rows = []
-    for ds in spec.datasets:
-        splits = ds.load()
-        if keep is not None:
-            keep.append(splits)
+    for index, ds in enumerate(spec.datasets):
+        splits = loaded[index] if loaded is not None else ds.load()
         sizes = splits.sizes()
         cx = measure(splits, ds.label)
         knob, knob_value = ds.knob()
@@ -445,8 +443,9 @@ class Study:
         """Check storage, datasets, the cluster and the resources the spec asks of it, then make
         the run directory: a check that fails leaves nothing behind."""
         check_storage(spec.storage)
-        splits: list[Splits] = []
-        dataset_rows = check_datasets(spec, log, keep=splits)
+        # kept for the run: trials get them through Ray's object store
+        splits = [ds.load() for ds in spec.datasets]
+        dataset_rows = check_datasets(spec, log, splits)
         _init_ray(address, log)
         if check_shared_storage(spec.storage) > 1:
             log(f"storage {spec.storage}: visible and writable from every node")
@@ -502,9 +501,8 @@ class Study:
     def _prepare(self, address: str | None) -> None:
         """Join Ray, load the datasets (a resumed run) and resolve resources for this cluster."""
         _init_ray(address, self.log)
-        if self.splits is None:
-            self.splits = []
-            check_datasets(self.spec, keep=self.splits)
+        if self.splits is None:  # a resumed run: its datasets.parquet is already written
+            self.splits = [ds.load() for ds in self.spec.datasets]
         if self.plan is None:
             check_shared_storage(self.spec.storage)
             self.plan = plan_resources(self.spec, self.splits, self.log)

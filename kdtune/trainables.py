@@ -83,11 +83,6 @@ def teacher_path(storage: str | Path, teacher_id: str) -> Location:
     return join(storage, "teachers", teacher_id, TEACHER_FILE)
 
 
-def save_atomic(obj: Any, path: Location) -> None:
-    """``torch.save`` through a temporary file: never a truncated file, locally or at a URI."""
-    save_torch(obj, path)
-
-
 def load_teacher(spec: StudySpec, path: Location, splits: Splits, device: torch.device,
                  model: ModelSpec | None = None, ref: Any = None) -> torch.nn.Module:
     """A stored pretrained model (of ``model``'s architecture, default the spec's teacher), from
@@ -260,7 +255,7 @@ def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool,
                 if not is_teacher:
                     metrics.update(_class_and_exit_metrics(spec, distiller, splits, budget))
                 if is_teacher:
-                    save_atomic({"model": model.state_dict(), "val_acc": report.val_acc,
+                    save_torch({"model": model.state_dict(), "val_acc": report.val_acc,
                                  "test_acc": metrics["test_acc"]},
                                 as_location(config["teacher_path"]))
             with tempfile.TemporaryDirectory() as folder:
