@@ -233,7 +233,7 @@ def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool,
                                 spec.distillation.omit_class, str(device)), budget)
     optimizer = make_optimizer([p for p in distiller.parameters() if p.requires_grad], budget)
     start_epoch, generator_state = 0, None
-    checkpoint = tune.get_checkpoint()
+    checkpoint = previous = tune.get_checkpoint()
     if checkpoint is not None:  # a retried or resumed trial continues where it stopped
         with checkpoint.as_directory() as folder:
             state = torch.load(Path(folder) / "state.pt", map_location=device, weights_only=True)
@@ -264,11 +264,27 @@ def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool,
                             "generator": report.generator_state, "epoch": report.epoch},
                            Path(folder) / "state.pt")
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            previous = drop_previous(previous, tune.get_checkpoint())
     except TrainingDiverged as error:
         # reported, not raised: retrying a diverging config wastes compute, and the search
         # should learn that this corner of the space is bad (val_acc 0)
         tune.report({"val_acc": 0.0, "diverged": 1, "failure": str(error), "node_id": node_id,
                      "wall_s": time.perf_counter() - started})
+
+
+def drop_previous(previous: Any, latest: Any) -> Any:
+    """Delete a trial's previous checkpoint once Tune holds a newer one; returns ``latest``.
+
+    Tune runs with ``num_to_keep=None`` (see ``study._fit``), so the trial keeps its own
+    storage to one checkpoint. ``tune.report`` returns only after the driver has registered the
+    new checkpoint, so a retry can no longer ask for the old one.
+    """
+    if previous is not None and latest is not None and previous.path != latest.path:
+        try:
+            previous.filesystem.delete_dir(previous.path)
+        except OSError:  # already gone (a retry re-reported it) or not ours to delete: harmless
+            pass
+    return latest if latest is not None else previous
 
 
 def _class_and_exit_metrics(spec: StudySpec, distiller: Distiller, splits: Splits,

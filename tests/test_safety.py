@@ -84,3 +84,26 @@ def test_embedded_ray_listens_on_loopback_only(tmp_path):
     for address in addresses:
         host = address.rsplit(":", 1)[0].strip("[]")
         assert host in ("127.0.0.1", "::1", "::ffff:127.0.0.1"), addresses
+
+
+def test_a_trial_drops_its_previous_checkpoint_only_once_a_newer_one_exists(tmp_path: Path):
+    from ray import tune
+
+    from kdtune.trainables import drop_previous
+
+    folders = []
+    for epoch in range(3):
+        folder = tmp_path / f"checkpoint_{epoch:06d}"
+        folder.mkdir()
+        (folder / "state.pt").write_bytes(b"x")
+        folders.append(tune.Checkpoint.from_directory(str(folder)))
+    first = drop_previous(None, folders[0])  # the first checkpoint: nothing to drop
+    assert first is folders[0] and (tmp_path / "checkpoint_000000").is_dir()
+    assert drop_previous(first, first) is first  # the same one again (no new report): kept
+    assert (tmp_path / "checkpoint_000000").is_dir()
+    latest = drop_previous(first, folders[1])
+    assert latest is folders[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000001", "checkpoint_000002"]
+    assert drop_previous(folders[0], folders[2]) is folders[2]  # already gone: not an error
+    assert drop_previous(folders[1], None) is folders[1]  # none reported yet: keep the last
+    assert (tmp_path / "checkpoint_000001").is_dir()
