@@ -256,8 +256,8 @@ def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool,
                     metrics.update(_class_and_exit_metrics(spec, distiller, splits, budget))
                 if is_teacher:
                     save_torch({"model": model.state_dict(), "val_acc": report.val_acc,
-                                 "test_acc": metrics["test_acc"]},
-                                as_location(config["teacher_path"]))
+                                "test_acc": metrics["test_acc"]},
+                               as_location(config["teacher_path"]))
             with tempfile.TemporaryDirectory() as folder:
                 torch.save({"distiller": distiller.state_dict(),
                             "optimizer": report.optimizer.state_dict(),
@@ -273,7 +273,8 @@ def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool,
 
 
 def drop_previous(previous: Any, latest: Any) -> Any:
-    """Delete a trial's previous checkpoint once Tune holds a newer one; returns ``latest``.
+    """Delete a trial's previous checkpoint once Tune holds a newer one; returns the one to keep
+    (``latest``, or ``previous`` while no checkpoint has been reported).
 
     Tune runs with ``num_to_keep=None`` (see ``study._fit``), so the trial keeps its own
     storage to one checkpoint. ``tune.report`` returns only after the driver has registered the

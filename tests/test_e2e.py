@@ -71,8 +71,7 @@ def test_tiny_study_end_to_end(tiny_spec_dict, write_spec, tmp_path, capsys):
     for stage_dir in (run_dir / "tune").iterdir():
         for trial_dir in (d for d in stage_dir.iterdir() if (d / "result.json").is_file()):
             (checkpoint,) = trial_dir.glob("checkpoint_*")
-            last = _tune_trials(stage_dir)
-            epochs_run = next(v["epoch"] for k, v in last.items() if k in trial_dir.name)
+            epochs_run = next(v["epoch"] for k, v in ran.items() if k in trial_dir.name)
             assert checkpoint.name == f"checkpoint_{epochs_run - 1:06d}"
     roles = [r["role"] for r in trials]
     assert roles.count("teacher") == 1
