@@ -321,7 +321,7 @@ def _fit(trainable, spec: StudySpec, tune_dir: Location, stage: str, param_space
             # Tune keeps every checkpoint it is told of; each trial deletes its own previous
             # one (trainables.drop_previous). With num_to_keep set, Tune instead re-writes the
             # whole experiment state after every checkpoint so that a Tuner.restore never
-            # points at a deleted one: ~10 ms of driver CPU per epoch, most of Ray's share of
+            # points at a deleted one: 7-12 ms of driver CPU per epoch, most of Ray's share of
             # a study of short trials. kdtune resumes from trials.parquet and the Optuna
             # journal, never from Tune's experiment state, so that snapshot bought nothing.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
