@@ -41,8 +41,10 @@ def test_a_killed_worker_is_restarted_from_its_checkpoint(tiny_spec_dict, write_
     storage = tmp_path / "runs"
     # every rkd trial's worker process dies once, after training epoch 2 but before reporting
     # it: the last checkpoint is epoch 1, so a restart from scratch would report epoch 1 again
+    # Tune's own per-trial result.json (off by default) shows the epochs as reported
     proc = _kdtune("run", str(write_spec(tiny_spec_dict)), "--storage", str(storage),
-                   env={"KDTUNE_FAULT": f"kill:rkd:2:{markers}"})
+                   env={"KDTUNE_FAULT": f"kill:rkd:2:{markers}",
+                        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0"})
     output = proc.communicate(timeout=900)[0]
     assert proc.returncode == 0, output[-4000:]
     (run_dir,) = storage.glob("tiny-*")

@@ -315,8 +315,11 @@ def test_fit_counts_the_dataset_each_trial_keeps_on_the_gpu(tiny_spec_dict):
 
 
 @pytest.mark.slow
-def test_max_concurrent_trials_caps_a_stage(tiny_spec_dict, write_spec, tmp_path, _ray_shutdown):
+def test_max_concurrent_trials_caps_a_stage(tiny_spec_dict, write_spec, tmp_path, _ray_shutdown,
+                                            monkeypatch):
     """Tune wraps the study's searcher in a ConcurrencyLimiter: the run still completes."""
+    # Tune's own per-trial result.json (off by default) times each trial's reports
+    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
     import pyarrow.parquet as pq
 
     from kdtune.cli import main
