@@ -128,7 +128,7 @@ def _bare_trial(job: dict[str, Any]) -> tuple[str, float]:
     from kdtune.engine import evaluate, make_optimizer, train_epochs
     from kdtune.models import build_model
     from kdtune.storage import save_torch
-    from kdtune.trainables import _budget
+    from kdtune.trainables import _budget, _class_and_exit_metrics, use_cached_teacher
 
     started = time.perf_counter()
     spec = _WORKER["spec"]
@@ -157,12 +157,20 @@ def _bare_trial(job: dict[str, Any]) -> tuple[str, float]:
         distiller = build_distiller(job["method"], model, _WORKER["teachers"][index], job,
                                     student_arch=spec.student.arch,
                                     teacher_arch=spec.teacher.arch,
-                                    example=splits.train_x[:2].float())
+                                    example=splits.train_x[:2].float(),
+                                    num_classes=splits.num_classes)
     budget = _budget(spec, job["epochs"], job)
+    if not isinstance(distiller, Scratch):
+        # the trainable's per-process cache of teacher outputs, as a hand-written loop that
+        # knew the teacher is frozen would keep them: the same work as kdtune's trials
+        use_cached_teacher(distiller, splits, (index, spec.distillation.omit_class, "cpu"),
+                           budget)
     optimizer = make_optimizer([p for p in distiller.parameters() if p.requires_grad], budget)
     for _ in train_epochs(distiller, splits, budget, seed=job["seed"], optimizer=optimizer):
         pass
-    evaluate(model, splits.test_x, splits.test_y, splits, amp=budget.amp)
+    evaluate(distiller.predictor, splits.test_x, splits.test_y, splits, amp=budget.amp)
+    if not is_teacher:  # kdtune's trials also report per-class (and per-exit) test accuracy
+        _class_and_exit_metrics(spec, distiller, splits, budget)
     if is_teacher:
         save_torch({"model": model.state_dict()}, teacher_file)
     return job["trial_id"], time.perf_counter() - started

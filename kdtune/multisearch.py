@@ -9,7 +9,9 @@ as soon as a search has finished, the final runs of its best config:
   concurrency limit (so TPE is fed in small steps however large the cluster), tags each config
   with its stage, and releases a search's final runs once every trial of that search is done;
 - :class:`PerStageASHA` gives each search its own ASHA bracket (rung cutoffs never mix
-  datasets or methods) and never stops a final run.
+  datasets or methods) and never stops a final run;
+- :class:`SparingFIFO` (which PerStageASHA extends) keeps Tune from killing a worker that is
+  still starting whenever another worker comes free.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
@@ -104,7 +107,40 @@ class StudySearcher(Searcher):
         pass
 
 
-class PerStageASHA(FIFOScheduler):
+def starting_trials(tune_controller: Any) -> set[Any]:
+    """Pending trials whose own worker is being started: its resources are held and its
+    process is importing torch, but it has not taken a trial yet. Reads Tune's internals; on a
+    Tune without them: none, and the scheduler is plain FIFO."""
+    controller = getattr(tune_controller, "_tune_controller", tune_controller)
+    try:
+        manager, ready = controller._actor_manager, controller._started_actors
+        return {trial for trial, actor in controller._trial_to_actor.items()
+                if actor not in ready and manager.is_actor_started(actor)}
+    except AttributeError:
+        return set()
+
+
+class SparingFIFO(FIFOScheduler):
+    """FIFO, except that a worker that comes free takes the first pending trial that has no
+    worker of its own mid-start.
+
+    With actor reuse, Tune gives a free worker to the trial this method returns and kills the
+    worker that was being started for that trial. Plain FIFO returns the oldest pending trial,
+    which is the one whose worker is starting: when a cold start (a new process importing
+    torch, ~3 s on 2 cores) outlasts a trial (~0.5 s in the quickstart), every second worker
+    was killed before it took a trial, and a whole stage ran on one worker (measured: the
+    quickstart in 69 s instead of 42 s, 17 workers started, one used).
+    """
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        starting = starting_trials(tune_controller)
+        for trial in tune_controller.get_trials():
+            if trial.status == Trial.PENDING and trial not in starting:
+                return trial
+        return super().choose_trial_to_run(tune_controller)
+
+
+class PerStageASHA(SparingFIFO):
     """One ASHA scheduler per search stage (by the trial config's ``stage``); trials of other
     stages (the final runs) are never stopped."""
 

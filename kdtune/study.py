@@ -304,15 +304,18 @@ def _fit(trainable, spec: StudySpec, tune_dir: Location, stage: str, param_space
     # still starting (a cold start outlasts a small trial), is dropped: every trial then ran on
     # one worker, one after another. With twice as many waiting as the cluster runs at once,
     # a free worker mostly goes to a trial that has no worker starting, and the new workers
-    # live. (The per-search concurrency limits still bound what Optuna hands out early.)
+    # live; SparingFIFO then gives a free worker a waiting trial whose own worker is not mid-start.
+    # (The per-search concurrency limits still bound what Optuna hands out early.)
     own_pending = "TUNE_MAX_PENDING_TRIALS_PG" not in os.environ
     if own_pending and plan is not None:
         os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(
             2 * plan.slots(ClusterView.from_ray(), spec.resources.max_concurrent_trials))
+    from kdtune.multisearch import SparingFIFO
+
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(trainable, spec=spec, **parameters), resources),
         param_space=param_space,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler or SparingFIFO(),
                                     num_samples=num_samples, reuse_actors=True,
                                     max_concurrent_trials=spec.resources.max_concurrent_trials),
         run_config=tune.RunConfig(

@@ -101,3 +101,47 @@ def test_each_search_has_its_own_asha_bracket_and_final_runs_are_never_stopped()
     assert report("b1", 10.0) == TrialScheduler.CONTINUE  # search b's bracket is its own
     assert report("f1", 0.0) == TrialScheduler.CONTINUE  # final runs always continue
     assert sorted(scheduler._by_stage) == ["search-a", "search-b"]
+
+
+class _FakeActorManager:
+    def __init__(self, created: set[str]) -> None:
+        self.created = created
+
+    def is_actor_started(self, actor: str) -> bool:  # Tune's name: resources held, created
+        return actor in self.created
+
+
+def _controller(trials, trial_to_actor, created, ready):
+    """What SparingFIFO reads of Tune's controller, behind Tune's scheduler-facing wrapper."""
+    controller = SimpleNamespace(_trial_to_actor=trial_to_actor, _started_actors=ready,
+                                 _actor_manager=_FakeActorManager(created))
+    return SimpleNamespace(_tune_controller=controller, get_trials=lambda: trials)
+
+
+def test_a_free_worker_skips_the_pending_trial_whose_own_worker_is_still_starting():
+    from ray.tune.experiment import Trial
+
+    from kdtune.multisearch import SparingFIFO
+
+    class FakeTrial:  # hashable, as Tune's trials are
+        def __init__(self, status: str) -> None:
+            self.status = status
+
+    running, starting, queued = (FakeTrial(s) for s in (Trial.RUNNING, Trial.PENDING,
+                                                         Trial.PENDING))
+    trials = [running, starting, queued]
+    # "starting" holds a worker that is importing torch; "queued" waits for resources
+    tune_controller = _controller(trials, {running: "w1", starting: "w2", queued: "w3"},
+                                  created={"w1", "w2"}, ready={"w1"})
+    assert SparingFIFO().choose_trial_to_run(tune_controller) is queued
+    # once that worker is ready, plain FIFO order again
+    tune_controller._tune_controller._started_actors.add("w2")
+    assert SparingFIFO().choose_trial_to_run(tune_controller) is starting
+    # every pending trial has a worker starting: the oldest, as FIFO (nothing else to run)
+    only = _controller([running, starting], {running: "w1", starting: "w2"},
+                       created={"w1", "w2"}, ready={"w1"})
+    assert SparingFIFO().choose_trial_to_run(only) is starting
+    # a Tune without those internals: plain FIFO
+    bare = SimpleNamespace(get_trials=lambda: trials)
+    assert SparingFIFO().choose_trial_to_run(bare) is starting
+    assert isinstance(PerStageASHA(lambda: None), SparingFIFO)
