@@ -7,7 +7,8 @@
    hyperparameters, the same teacher recipe) run bare: plain PyTorch in a pool of as many
    processes as Ray ran trials at once (cluster CPUs / CPUs per trial), one thread each, with
    kdtune's dependencies (teachers first; a search's final runs once it is done), no
-   checkpoints. Its wall time counts from loading the data
+   checkpoints, and a trial's whole work (the trainable's per-process cache of teacher
+   outputs, test and per-class accuracy). Its wall time counts from loading the data
    to the end of the last stage, pool start-up included.
    ``ray_overhead = (T_kdtune - T_bare) / T_kdtune``: everything that is not training —
    Ray and Tune, and the bookkeeping around them (Optuna's sampler and journal, per-epoch
