@@ -60,9 +60,8 @@ def test_tiny_study_end_to_end(tiny_spec_dict, write_spec, tmp_path, capsys):
     # every row is a trial Ray Tune ran, and every trial Tune ran has a row (one Tuner trains
     # the teachers, one runs every search and the final runs)
     assert sorted(p.name for p in (run_dir / "tune").iterdir()) == ["students", "teachers"]
-    ran = {}
-    for stage_dir in (run_dir / "tune").iterdir():
-        ran |= _tune_trials(stage_dir)
+    by_stage = {stage_dir: _tune_trials(stage_dir) for stage_dir in (run_dir / "tune").iterdir()}
+    ran = {trial_id: last for stage in by_stage.values() for trial_id, last in stage.items()}
     rows = {r["trial_id"].split(":", 1)[1]: r for r in trials}
     assert set(rows) == set(ran)
     for trial_id, last in ran.items():
@@ -70,8 +69,8 @@ def test_tiny_study_end_to_end(tiny_spec_dict, write_spec, tmp_path, capsys):
         assert rows[trial_id]["epochs_run"] == last["epoch"]
     # every trial checkpointed every epoch and kept only its last checkpoint, that of its last
     # epoch (Tune keeps all it is told of; the trial drops its previous one)
-    for stage_dir in (run_dir / "tune").iterdir():
-        for trial_id, last in _tune_trials(stage_dir).items():
+    for stage_dir, stage in by_stage.items():
+        for trial_id, last in stage.items():
             (trial_dir,) = stage_dir.glob(f"*_{trial_id}_*")
             (checkpoint,) = trial_dir.glob("checkpoint_*")
             assert checkpoint.name == f"checkpoint_{last['epoch'] - 1:06d}"

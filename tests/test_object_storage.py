@@ -211,7 +211,7 @@ def test_tiny_study_on_an_s3_server(tiny_spec_dict, write_spec, tmp_path: Path):
         endpoint = f"http://{host}:{port}"
         env = dict(os.environ, AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="kdtune",
                    AWS_SECRET_ACCESS_KEY="kdtune", AWS_DEFAULT_REGION="us-east-1",
-                   AWS_EC2_METADATA_DISABLED="true", KDTUNE_STAGING=str(tmp_path / "staging"))
+                   AWS_EC2_METADATA_DISABLED="true")
         s3 = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", access_key="kdtune",
                                secret_key="kdtune", region="us-east-1",
                                allow_bucket_creation=True)
