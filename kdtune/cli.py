@@ -12,6 +12,8 @@ examples:
   kdtune validate studies/quickstart.yaml     check a spec and print its trial plan
   kdtune run studies/quickstart.yaml          run it on an embedded Ray (this machine)
   kdtune run spec.yaml --address auto         run it on the Ray cluster this node belongs to
+  kdtune run spec.yaml --address ray://head:10001 --storage s3://bucket/kdtune
+                                              the same from a laptop, through Ray Client
   kdtune resume runs/quickstart-20261121-101500
   kdtune report runs/quickstart-20261121-101500 --out reports/quickstart.html
   kdtune report runs/quickstart-... runs/knobs-... --out reports/compare.html
@@ -46,9 +48,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="where run directories and teachers go: a path, or object storage "
                           "such as s3://bucket/prefix (default: the spec's storage)")
     run.add_argument("--address", metavar="ADDR",
-                     help="join an existing Ray cluster ('auto' or HOST:6379) instead of "
-                          "starting an embedded Ray; RAY_ADDRESS (set by 'ray job submit') "
-                          "does the same")
+                     help="join an existing Ray cluster ('auto' or HOST:6379 on one of its "
+                          "nodes; ray://HOST:10001 from outside it, through Ray Client, where "
+                          "kdtune's driver then runs on the cluster) instead of starting an "
+                          "embedded Ray; RAY_ADDRESS (set by 'ray job submit') does the same")
     run.add_argument("--data-dir", metavar="DIR",
                      help="local datasets in torchvision's layout, for datasets without data_dir")
     run.add_argument("--download", action="store_true",
@@ -185,6 +188,30 @@ def _report(run_dirs: list[str], out: str | None) -> int:
     return 0
 
 
+def _through_ray_client(args: argparse.Namespace, address: str) -> int:
+    """``run``/``resume`` with ``--address ray://...``: the spec is checked here, then the
+    command runs on the cluster (see ``kdtune.cluster.run_through_ray_client``)."""
+    from kdtune.cluster import check_client_paths, run_through_ray_client
+    from kdtune.spec import load_spec
+
+    if args.command == "resume":
+        check_client_paths(address, {"run directory": args.run_dir})
+        return run_through_ray_client(address, ["resume", args.run_dir])
+    spec = load_spec(args.spec)
+    paths = {"--storage" if args.storage else "storage": args.storage or spec.storage,
+             "--data-dir": args.data_dir}
+    for i, ds in enumerate(spec.datasets):
+        paths |= {f"datasets[{i}].data_dir": ds.data_dir, f"datasets[{i}].path": ds.path}
+    check_client_paths(address, paths)
+    argv = ["run", args.spec]
+    for flag, value in (("--storage", args.storage), ("--data-dir", args.data_dir)):
+        argv += [flag, value] if value else []
+    argv += ["--download"] if args.download else []
+    spec_path = Path(args.spec)
+    return run_through_ray_client(address, argv,
+                                  (spec_path.name, spec_path.read_text(encoding="utf-8")))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "report":
@@ -212,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                                  args.image_size, args.channels, args.classes))
         return 0
 
-    from kdtune.cluster import ClusterError, cluster_address
+    from kdtune.cluster import ClusterError, cluster_address, is_ray_client
     from kdtune.data import DatasetError
     from kdtune.resources import ResourceError
     from kdtune.storage import as_location
@@ -221,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     stop_on_sigterm(fresh=True)
     study = None
     try:
-        cluster_address(args.address)  # a cluster kdtune cannot use fails before any work
+        address = cluster_address(args.address)  # one kdtune cannot use fails before any work
+        if is_ray_client(address):
+            return _through_ray_client(args, address)
         if args.command == "run":
             spec = load_spec(args.spec)
             spec = resolve_paths(spec, args.storage, args.data_dir, args.download or None)

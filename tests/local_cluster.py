@@ -9,11 +9,13 @@ spawns (GCS, raylet, workers) can be found by that session id.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -54,6 +56,7 @@ class LocalCluster:
         self.env.setdefault("RAY_AUTH_MODE", "disabled")
         self.procs: list[subprocess.Popen] = []
         self.address: str | None = None
+        self.client_address: str | None = None  # ray://..., where grpcio is installed
 
     def _start(self, name: str, args: list[str], ready: str, timeout: float = 180) -> str:
         log = self.root / f"{name}.log"
@@ -78,9 +81,16 @@ class LocalCluster:
 
     def start_head(self, num_cpus: int, ip: str = "127.0.0.2",
                    resources: dict[str, float] | None = None) -> str:
+        client = []
+        if importlib.util.find_spec("grpc"):  # Ray Client's server, on a port of ours
+            with socket.socket() as probe:  # (Ray's default, 10001, may be taken)
+                probe.bind((ip, 0))
+                port = probe.getsockname()[1]
+            client = [f"--ray-client-server-port={port}"]
+            self.client_address = f"ray://{ip}:{port}"
         text = self._start("head", ["--head", f"--node-ip-address={ip}", "--port=0",
                                     f"--num-cpus={num_cpus}", "--include-dashboard=false",
-                                    f"--resources={json.dumps(resources or {})}"],
+                                    f"--resources={json.dumps(resources or {})}", *client],
                            ready="Ray runtime started")
         match = re.search(r"ray start --address='([^']+)'", text)
         if not match:

@@ -100,6 +100,35 @@ def test_ray_job_style_run_joins_through_ray_address(two_nodes, tiny_spec_dict, 
     assert len(pq.read_table(run_dir / "trials.parquet")) == 2
 
 
+def test_a_ray_client_address_runs_kdtunes_driver_on_the_cluster(two_nodes, tiny_spec_dict,
+                                                                 write_spec, tmp_path):
+    """``--address ray://HOST:PORT`` from outside the cluster: kdtune's driver runs there, its
+    progress is printed here, the run lands in the cluster's storage and resumes the same way."""
+    cluster, _ = two_nodes
+    if cluster.client_address is None:
+        pytest.skip("no Ray Client here (grpcio is not installed)")
+    tiny_spec_dict.update(methods=["scratch"], final={"seeds": [0]})
+    tiny_spec_dict["search"]["trials"] = 2
+    storage = tmp_path / "shared"
+    proc = _run(["run", str(write_spec(tiny_spec_dict)), "--storage", str(storage),
+                 "--address", cluster.client_address], cluster)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert (f"Ray: cluster at {cluster.client_address} (Ray Client), 2 nodes, 2 CPUs, 0 GPUs; "
+            f"kdtune's driver runs on 127.0.0.2") in proc.stdout
+    # the driver's own lines, printed here as they came (the plan, one line per trial)
+    assert "study tiny:" in proc.stdout and "[search-digits_n300-scratch] 1/1" in proc.stdout
+    assert "Wrote the latest version" not in proc.stderr  # Ray's INFO logs stay quiet there too
+    (run_dir,) = storage.glob("tiny-*")
+    assert proc.stdout.strip().splitlines()[-1] == str(run_dir)  # what `kdtune resume` takes
+    rows = pq.read_table(run_dir / "trials.parquet").to_pylist()
+    assert len(rows) == 2 and all(r["status"] == "finished" for r in rows)
+
+    again = _run(["resume", str(run_dir), "--address", cluster.client_address], cluster)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    assert "nothing left to run" in again.stdout
+    assert len(pq.read_table(run_dir / "trials.parquet")) == 2
+
+
 def test_object_storage_uri_on_two_nodes(two_nodes, tiny_spec_dict, write_spec, tmp_path):
     """A storage URI instead of a shared mount: every node reaches it (checked), Tune's
     checkpoints and kdtune's files land there, and the run is named by its URI."""

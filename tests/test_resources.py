@@ -271,17 +271,59 @@ def test_gpus_the_cluster_lacks_stop_the_run_before_anything_is_written(
     assert not any(p.is_dir() for p in storage.iterdir())  # no run directory
 
 
-def test_ray_client_addresses_are_refused_with_the_way_that_works(tiny_spec_dict, write_spec,
-                                                                  tmp_path, capsys):
+def test_ray_client_paths_must_mean_the_same_on_the_cluster(tiny_spec_dict, write_spec,
+                                                           tmp_path, capsys, monkeypatch):
+    """Under ray://, kdtune's driver runs on the cluster: a folder relative to this machine's
+    working directory is refused before connecting (so nothing is written anywhere)."""
     from kdtune.cli import main
 
-    storage = tmp_path / "runs"
-    assert main(["run", str(write_spec(tiny_spec_dict)), "--storage", str(storage),
+    monkeypatch.chdir(tmp_path)
+    spec = str(write_spec(tiny_spec_dict))
+    assert main(["run", spec, "--storage", "runs", "--address", "ray://head:10001"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kdtune: error: --storage runs: under Ray Client (ray://head:10001)")
+    assert "absolute path" in err and "\n" not in err
+    assert main(["run", spec, "--storage", str(tmp_path / "abs"), "--data-dir", "data",
+                 "--address", "ray://head:10001"]) == 2
+    assert capsys.readouterr().err.startswith("kdtune: error: --data-dir data: under Ray Client")
+    assert main(["resume", "runs/tiny-1", "--address", "ray://head:10001"]) == 2
+    assert capsys.readouterr().err.startswith("kdtune: error: run directory runs/tiny-1: under")
+    assert not any(tmp_path.glob("runs*")) and not (tmp_path / "abs").exists()
+
+
+def test_ray_client_without_grpcio_says_what_to_install(tiny_spec_dict, write_spec, tmp_path,
+                                                        capsys, monkeypatch):
+    import importlib.util
+
+    from kdtune.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "grpc" else real(name, *a))
+    assert main(["run", str(write_spec(tiny_spec_dict)), "--storage", str(tmp_path / "runs"),
                  "--address", "ray://head:10001"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("kdtune: error: --address ray://head:10001: Ray Client (ray://) is "
-                          "not supported") and "ray job submit" in err and "\n" not in err
-    assert not storage.exists()
+    assert err.startswith("kdtune: error: --address ray://head:10001: Ray Client needs grpcio")
+    assert "kdtune[client]" in err and "ray job submit" in err and "\n" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_unreachable_ray_client_address_is_one_line(tiny_spec_dict, write_spec, tmp_path,
+                                                       capsys, monkeypatch):
+    pytest.importorskip("grpc")
+    import ray.util.client.worker as client_worker
+
+    from kdtune.cli import main
+
+    # Ray Client tries for ~30 s before it gives up; the message is the same after 2 s
+    monkeypatch.setattr(client_worker, "INITIAL_TIMEOUT_SEC", 1)
+    monkeypatch.setattr(client_worker, "MAX_TIMEOUT_SEC", 1)
+
+    assert main(["run", str(write_spec(tiny_spec_dict)), "--storage", str(tmp_path / "runs"),
+                 "--address", "ray://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kdtune: error: --address ray://127.0.0.1:9: cannot connect")
+    assert "\n" not in err and not (tmp_path / "runs").exists()
 
 
 def test_validate_shows_each_roles_request(write_spec, capsys):
