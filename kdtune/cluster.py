@@ -129,6 +129,7 @@ def run_through_ray_client(address: str, argv: list[str],
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
             break
         except Exception as error:  # the server's traceback spans lines; the last says why
+            ray.shutdown()  # a failed connect leaves Ray in client mode: a later init would fail
             why = (str(error).strip().splitlines() or [type(error).__name__])[-1].strip()
             # the client server starts a session process per client, and that start can fail
             # once (seen here: it exited at once, its log empty); a second one then comes up
@@ -137,7 +138,6 @@ def run_through_ray_client(address: str, argv: list[str],
                 raise ClusterError(f"--address {address}: cannot connect ({why})") from None
             print(f"Ray Client: the cluster could not start a session ({why}); "
                   f"retrying ({attempt + 1}/{CLIENT_ATTEMPTS})", file=sys.stderr, flush=True)
-            ray.shutdown()
             time.sleep(2)
     try:
         node_id = ray.get_runtime_context().get_node_id()
