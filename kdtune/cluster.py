@@ -100,9 +100,9 @@ def _main_on_cluster(argv: list[str], spec_file: tuple[str, str] | None, queue: 
 
 
 def _print_lines(queue: Any) -> None:
-    while not queue.empty():
-        for stream, line in queue.get_nowait_batch(queue.qsize()):
-            print(line, file=sys.stderr if stream == "err" else sys.stdout, flush=True)
+    waiting = queue.qsize()  # one call to the queue's actor when there is nothing to print
+    for stream, line in queue.get_nowait_batch(waiting) if waiting else []:
+        print(line, file=sys.stderr if stream == "err" else sys.stdout, flush=True)
 
 
 CLIENT_ATTEMPTS = 3
@@ -141,30 +141,38 @@ def run_through_ray_client(address: str, argv: list[str],
             time.sleep(2)
     try:
         node_id = ray.get_runtime_context().get_node_id()
-        node = next((n for n in ray.nodes() if n["NodeID"] == node_id), {})
-        res = ray.cluster_resources()
-        alive = sum(1 for n in ray.nodes() if n.get("Alive"))
-        print(f"Ray: cluster at {address} (Ray Client), {alive} node{'s' * (alive > 1)}, "
-              f"{res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs; kdtune's driver runs "
-              f"on {node.get('NodeManagerAddress', node_id)} "
-              f"({time.perf_counter() - started:.1f}s)", flush=True)
+        summary, alive = cluster_summary()
+        head = next((n["NodeManagerAddress"] for n in alive if n["NodeID"] == node_id), node_id)
+        print(f"Ray: cluster at {address} (Ray Client), {summary}; kdtune's driver runs on "
+              f"{head} ({time.perf_counter() - started:.1f}s)", flush=True)
         queue = Queue(actor_options={"num_cpus": 0})
         driver = ray.remote(num_cpus=0, max_retries=0)(_main_on_cluster).options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
         ref = driver.remote(list(argv), spec_file, queue)
-        try:
-            while not ray.wait([ref], timeout=0.5)[0]:
-                _print_lines(queue)
-        except KeyboardInterrupt:
-            ray.cancel(ref)  # a KeyboardInterrupt there: it stops as kdtune does on Ctrl-C
-            while not ray.wait([ref], timeout=0.5)[0]:
-                _print_lines(queue)
+        interrupted = False
+        while True:
+            try:
+                if ray.wait([ref], timeout=0.5)[0]:
+                    break
+            except KeyboardInterrupt:  # a KeyboardInterrupt there: kdtune there stops as it
+                ray.cancel(ref)        # does on Ctrl-C (finished trials kept), then we return
+                interrupted = True
             _print_lines(queue)
-            return 130
         _print_lines(queue)
-        return ray.get(ref)
+        return 130 if interrupted else ray.get(ref)
     finally:
         ray.shutdown()
+
+
+def cluster_summary() -> tuple[str, list[dict[str, Any]]]:
+    """"N nodes, C CPUs, G GPUs" for the Ray this process is connected to, and its alive
+    nodes (``ray.nodes()`` entries)."""
+    import ray
+
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    res = ray.cluster_resources()
+    return (f"{len(alive)} node{'s' * (len(alive) > 1)}, {res.get('CPU', 0):g} CPUs, "
+            f"{res.get('GPU', 0):g} GPUs"), alive
 
 
 def _touch_and_check(path: str, marker: str) -> tuple[str, str | None]:

@@ -26,7 +26,12 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import yaml
 
-from kdtune.cluster import ResourcesByMethod, check_shared_storage, cluster_address
+from kdtune.cluster import (
+    ResourcesByMethod,
+    check_shared_storage,
+    cluster_address,
+    cluster_summary,
+)
 from kdtune.data import DatasetUnavailable, Splits
 from kdtune.methods import METHOD_INFO, PRETRAINED, row_columns, teacher_sources
 from kdtune.resources import ClusterView, ResourcePlan, Shape, resolve, roles_needed
@@ -428,10 +433,7 @@ def _init_ray(address: str | None, log: Callable[[str], None]) -> None:
                  logging_level=logging.WARNING, log_to_driver=False)
         where = "embedded Ray"
     stop_on_sigterm()
-    res = ray.cluster_resources()
-    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    log(f"Ray: {where}, {nodes} node{'s' * (nodes > 1)}, {res.get('CPU', 0):g} CPUs, "
-        f"{res.get('GPU', 0):g} GPUs ({time.perf_counter() - started:.1f}s)")
+    log(f"Ray: {where}, {cluster_summary()[0]} ({time.perf_counter() - started:.1f}s)")
 
 
 # ----------------------------------------------------------------------------- the study
