@@ -34,7 +34,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from kdtune.data import DEBIAN_FASHION_MNIST, augment, batch_indices, read_idx
+from kdtune.augment import augment  # noqa: E402
+from kdtune.data import DEBIAN_FASHION_MNIST, batch_indices, read_idx
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCH = 128
@@ -95,7 +96,7 @@ def time_kdtune(array: np.ndarray, policy: str, n_images: int) -> float:
     while seen < n_images:
         for index in batch_indices(len(x_all), BATCH, generator):
             batch = x_all[index].float().div_(255.0)
-            batch = (augment(batch, policy, generator) - mean) / std
+            batch = (augment(batch, policy, generator)[0] - mean) / std
             seen += len(batch)
             if seen >= n_images:
                 break

@@ -39,9 +39,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kdtune.distill import build_distiller  # noqa: E402
+from kdtune import methods  # noqa: E402
 from kdtune.models import build_model  # noqa: E402
 from kdtune.teacher_outputs import CachedTeacher  # noqa: E402
+from kdtune.trial import build_distiller  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 TARGET = 1.10
@@ -76,9 +77,10 @@ class Step:
 
     def __init__(self, workload: dict, method: str, outputs: str | None, images: torch.Tensor,
                  labels: torch.Tensor, pool: torch.Tensor) -> None:
-        t_arch, s_arch = workload["teacher"], workload["student"]
-        trains, teaches = {"reversed": (t_arch, s_arch), "reversed_scratch": (t_arch, None),
-                           "self": (s_arch, s_arch)}.get(method, (s_arch, t_arch))
+        arch = {"teacher": workload["teacher"], "student": workload["student"]}
+        info = methods.get(method)
+        trains = arch[info.trains]
+        teaches = arch[info.taught_by] if info.taught_by else None
         torch.manual_seed(0)
         shape = (workload["channels"], 10, workload["size"])
         model = build_model(trains[0], shape[0], shape[1], shape[2], trains[1])

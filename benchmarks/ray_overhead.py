@@ -121,15 +121,19 @@ def _bare_init(spec_json: str, teacher_dir: str, threads: int) -> None:
 
 
 def _bare_trial(job: dict[str, Any]) -> tuple[str, float]:
-    """One trial as a hand-written loop would run it: no Ray, no checkpoints."""
+    """One trial as a hand-written loop would run it: no Ray, no checkpoints; the trial built
+    as kdtune's trainable builds it (kdtune.trial.build_trial), the teacher's outputs cached per
+    process as the trainable caches them."""
     import torch
 
+    from kdtune import methods
     from kdtune.data import load_splits
-    from kdtune.distill import Scratch, build_distiller
-    from kdtune.engine import evaluate, make_optimizer, train_epochs
+    from kdtune.engine import evaluate, train_epochs
+    from kdtune.job import TrialJob
     from kdtune.models import build_model
     from kdtune.storage import save_torch
-    from kdtune.trainables import _budget, _class_and_exit_metrics, use_cached_teacher
+    from kdtune.trainables import _class_and_exit_metrics, use_cached_teacher
+    from kdtune.trial import build_trial
 
     started = time.perf_counter()
     spec = _WORKER["spec"]
@@ -141,39 +145,34 @@ def _bare_trial(job: dict[str, Any]) -> tuple[str, float]:
                                                download=ds.download, split_seed=ds.split_seed,
                                                max_train=ds.max_train, **kwargs)
     splits = _WORKER["splits"][index]
-    is_teacher = job["method"] == "teacher"
-    arch = spec.teacher if is_teacher else spec.student
-    torch.manual_seed(job["seed"])
-    model = build_model(arch.arch, splits.channels, splits.num_classes, splits.image_size,
-                        arch.options)
+    trial_job = TrialJob.from_config({k: v for k, v in job.items() if k not in (
+        "trial_id", "epochs", "search")})
     teacher_file = Path(_WORKER["teacher_dir"]) / f"{index}.pt"
-    if is_teacher or job["method"] == "scratch":
-        distiller = Scratch(model)
-    else:
+    is_teacher = trial_job.role == "teacher"
+    _, teacher_arch = methods.trial_models(spec, trial_job.method)
+    teacher = None
+    if not is_teacher and teacher_arch is not None:
         if index not in _WORKER["teachers"]:
-            teacher = build_model(spec.teacher.arch, splits.channels, splits.num_classes,
-                                  splits.image_size, spec.teacher.options)
-            teacher.load_state_dict(torch.load(teacher_file, weights_only=True)["model"])
-            _WORKER["teachers"][index] = teacher.eval()
-        distiller = build_distiller(job["method"], model, _WORKER["teachers"][index], job,
-                                    student_arch=spec.student.arch,
-                                    teacher_arch=spec.teacher.arch,
-                                    example=splits.train_x[:2].float(),
-                                    num_classes=splits.num_classes)
-    budget = _budget(spec, job["epochs"], job)
-    if not isinstance(distiller, Scratch):
-        # the trainable's per-process cache of teacher outputs, as a hand-written loop that
-        # knew the teacher is frozen would keep them: the same work as kdtune's trials
-        use_cached_teacher(distiller, splits, (index, spec.distillation.omit_class, "cpu"),
-                           budget)
-    optimizer = make_optimizer([p for p in distiller.parameters() if p.requires_grad], budget)
-    for _ in train_epochs(distiller, splits, budget, seed=job["seed"], optimizer=optimizer):
+            model = build_model(teacher_arch.arch, splits.channels, splits.num_classes,
+                                splits.image_size, teacher_arch.options)
+            model.load_state_dict(torch.load(teacher_file, weights_only=True)["model"])
+            _WORKER["teachers"][index] = model.eval()
+        teacher = _WORKER["teachers"][index]
+
+    def cache(distiller, budget):
+        return use_cached_teacher(distiller, splits, (index, spec.distillation.omit_class,
+                                                      "cpu"), budget)
+
+    trial = build_trial(spec, trial_job, splits, torch.device("cpu"), teacher, cache)
+    for _ in train_epochs(trial.distiller, splits, trial.budget, seed=trial_job.seed,
+                          optimizer=trial.optimizer):
         pass
-    evaluate(distiller.predictor, splits.test_x, splits.test_y, splits, amp=budget.amp)
+    evaluate(trial.distiller.predictor, splits.test_x, splits.test_y, splits,
+             amp=trial.budget.amp)
     if not is_teacher:  # kdtune's trials also report per-class (and per-exit) test accuracy
-        _class_and_exit_metrics(spec, distiller, splits, budget)
+        _class_and_exit_metrics(spec, trial.distiller, splits, trial.budget)
     if is_teacher:
-        save_torch({"model": model.state_dict()}, teacher_file)
+        save_torch({"model": trial.model.state_dict()}, teacher_file)
     return job["trial_id"], time.perf_counter() - started
 
 
@@ -210,7 +209,7 @@ def run_bare(spec, run_dir: Path, processes: int) -> tuple[float, dict[str, floa
     """
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    from kdtune.study import check_datasets
+    from kdtune.preflight import check_datasets
 
     teachers, students = bare_jobs(run_dir)
     phases: dict[str, float] = {}
@@ -265,9 +264,9 @@ def main() -> int:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from kdtune.early_stopping import agreement
-    from kdtune.results import read_rows
+    from kdtune.preflight import resolve_paths
+    from kdtune.rundir import read_rows
     from kdtune.spec import load_spec
-    from kdtune.study import resolve_paths
 
     log = print if args.verbose else (lambda line: None)
     spec_text = Path(args.spec).read_text()

@@ -55,7 +55,7 @@ def cpu_model() -> str:
 
 
 def make_run(folder: Path, n_trials: int) -> Path:
-    from kdtune.report.synthetic import DEFAULT_DATASETS, write_synthetic_run
+    from tests.synthetic import DEFAULT_DATASETS, write_synthetic_run
 
     n_ds, n_m, seeds = len(DEFAULT_DATASETS), len(METHODS), (0, 1, 2)
     fixed = n_ds + n_ds * n_m * len(seeds)  # teachers + final runs

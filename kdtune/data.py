@@ -1,9 +1,10 @@
-"""Datasets as in-memory uint8 tensors, deterministic splits, and batched augmentation.
+"""Datasets as in-memory uint8 tensors, deterministic splits, and batches drawn by index.
 
 Each split lives in memory as one ``uint8`` tensor (N, C, H, W); batches are drawn by index and
-augmented as whole tensors, so a trial never pays for per-sample PIL transforms.
+augmented as whole tensors (:mod:`kdtune.augment`), so a trial never pays for per-sample PIL
+transforms.
 
-Datasets come by name (:data:`LOADERS`): ``digits`` (bundled with scikit-learn), ``mnist``,
+Datasets come by name (:data:`LOADERS`, one per entry of :mod:`kdtune.sources`): ``digits`` (bundled with scikit-learn), ``mnist``,
 ``fashion_mnist`` (also found in Debian's ``dataset-fashion-mnist`` package), ``usps``,
 ``cifar10``, ``cifar100`` (torchvision's layout; downloaded only when allowed), and
 ``imagefolder`` (a user's folder with one sub-folder per class). Knobs (:mod:`kdtune.knobs`)
@@ -22,25 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from kdtune.knobs import Knobs, apply_image_knobs, noisy_labels, select_classes
-
-# The core study's proportions: CIFAR 50,000/7,000/3,000 of 60,000 (83.33 / 11.66 / 5 %).
-PAPER_SPLIT = (50_000 / 60_000, 7_000 / 60_000, 3_000 / 60_000)
+from kdtune.sources import SOURCES, paper_fractions
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
-
-# The core study's train/val/test sizes per dataset (shared/SEEDS.md); a pool of another size
-# (a class subset, a partial local copy) is split in the same proportions.
-PAPER_SIZES: dict[str, tuple[int, int, int]] = {
-    "mnist": (60_000, 7_000, 3_000),
-    "fashion_mnist": (60_000, 7_000, 3_000),
-    "usps": (7_291, 1_404, 603),
-    "cifar10": (50_000, 7_000, 3_000),
-    "cifar100": (50_000, 7_000, 3_000),
-}
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
                     ".gif")
@@ -52,15 +40,6 @@ class DatasetError(RuntimeError):
 
 class DatasetUnavailable(DatasetError):
     """A dataset is not on this machine and may not be downloaded; the message says how to get it."""
-
-
-def paper_fractions(name: str) -> tuple[float, float, float]:
-    """The core study's split proportions for ``name`` (CIFAR's for datasets it did not use)."""
-    sizes = PAPER_SIZES.get(name)
-    if sizes is None:
-        return PAPER_SPLIT
-    total = sum(sizes)
-    return (sizes[0] / total, sizes[1] / total, sizes[2] / total)
 
 
 @dataclass
@@ -263,6 +242,7 @@ LOADERS: dict[str, Callable[[Path | None, bool], tuple[np.ndarray, np.ndarray, i
     "cifar100": _torchvision_pooled("CIFAR100", 100),
     "imagefolder": load_image_folder,  # called with the spec's path, not data_dir
 }
+assert set(LOADERS) == set(SOURCES), "every source in kdtune.sources needs a loader here"
 
 
 # ----------------------------------------------------------------------------- splits
@@ -303,7 +283,7 @@ def load_splits(name: str, *, data_dir: str | Path | None = None, download: bool
                 knobs: Knobs | None = None) -> Splits:
     """Load a dataset by name, carve its train/val/test splits and apply its knobs.
 
-    ``fractions`` None means the core study's split (:data:`PAPER_SIZES`); ``path`` is the
+    ``fractions`` None means the core study's split (:func:`kdtune.sources.paper_fractions`); ``path`` is the
     folder of an ``imagefolder`` dataset.
     """
     if name not in LOADERS:
@@ -357,75 +337,16 @@ def normalize(images_uint8: torch.Tensor, mean: tuple[float, ...],
     return (x - m) / s
 
 
-# ----------------------------------------------------------------------------- augmentation
-# Policies act on a float batch in [0, 1] (before normalisation), one random draw per image.
-
-def _flip(x: torch.Tensor, dim: int, generator: torch.Generator) -> torch.Tensor:
-    mask = torch.rand(x.shape[0], generator=generator).to(x.device) < 0.5
-    return torch.where(mask.view(-1, 1, 1, 1), x.flip(dim), x)
-
-
-def _signs(n: int, generator: torch.Generator) -> torch.Tensor:
-    return torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
-
-
-def _rotate_flip(x: torch.Tensor, degrees: float, generator: torch.Generator) -> torch.Tensor:
-    """Random rotation, then random horizontal and vertical flips, as one resampling.
-
-    A flip after a rotation is the same as negating a column of the rotation's sampling matrix
-    (exactly: with align_corners=False, -u maps pixel centres onto pixel centres), so the three
-    steps of the core study's policy cost one ``grid_sample`` instead of one plus two copies.
-    """
-    n = x.shape[0]
-    angles = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(degrees)
-    cos, sin = angles.cos(), angles.sin()
-    fx, fy = _signs(n, generator), _signs(n, generator)
-    zeros = torch.zeros_like(cos)
-    theta = torch.stack([torch.stack([cos * fx, -sin * fy, zeros], 1),
-                         torch.stack([sin * fx, cos * fy, zeros], 1)], 1).to(x.device, x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def _pad_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Zero-pad by ``pad`` and take a random crop of the original size, per image.
-
-    One ``gather`` over the flattened padded images (2-3x faster than advanced indexing).
-    """
-    n, c, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad)).reshape(n, c, -1)
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    rows = dy.view(n, 1, 1) + torch.arange(h, device=x.device).view(1, h, 1)
-    cols = dx.view(n, 1, 1) + torch.arange(w, device=x.device).view(1, 1, w)
-    index = (rows * (w + 2 * pad) + cols).view(n, 1, h * w).expand(n, c, h * w)
-    return padded.gather(2, index).view(n, c, h, w)
-
-
-def _paper(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    # the core study: RandomRotation(15) + RandomHorizontalFlip + RandomVerticalFlip
-    return _rotate_flip(x, 15.0, g)
-
-
-def _crop_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    return _flip(_pad_crop(x, 4, g), 3, g)
-
-
-AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None] = {
-    "none": None,
-    "paper": _paper,
-    "crop_flip": _crop_flip,
-}
-
-
-def augment(x: torch.Tensor, policy: str, generator: torch.Generator,
-            share: float = 1.0) -> torch.Tensor:
-    """Apply ``policy`` to a float [0, 1] batch; ``share`` is the fraction of images augmented."""
-    fn = AUGMENTATIONS[policy]
-    if fn is None or share <= 0:
-        return x
-    out = fn(x, generator)
-    if share >= 1:
-        return out
-    keep = torch.rand(x.shape[0], generator=generator).to(x.device) >= share
-    return torch.where(keep.view(-1, 1, 1, 1), x, out)
+def omit_class(splits: Splits, k: int) -> Splits:
+    """The student's transfer set without class ``k`` (Hinton et al. 2015, section 3; the Duke
+    poster): train and validation lose every image of class ``k``, the test split keeps them,
+    so test accuracy on ``k`` shows what the student learned of a class it never saw."""
+    if not 0 <= k < splits.num_classes:
+        raise ValueError(f"omit_class {k} is not a class of {splits.name} "
+                         f"(0..{splits.num_classes - 1})")
+    # mean/std stay those of the full training split: the teacher was trained, and its cached
+    # outputs computed, on inputs normalised with them
+    keep_train, keep_val = splits.train_y != k, splits.val_y != k
+    return Splits(splits.name, splits.train_x[keep_train], splits.train_y[keep_train],
+                  splits.val_x[keep_val], splits.val_y[keep_val], splits.test_x, splits.test_y,
+                  splits.num_classes, splits.mean, splits.std)

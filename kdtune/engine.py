@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdtune.data import Splits, augment, batch_indices, normalize
-from kdtune.distill import Distiller
+from kdtune.augment import augment
+from kdtune.data import Splits, batch_indices, normalize
+from kdtune.distill import Batch, Distiller
 
 
 class TrainingDiverged(RuntimeError):
@@ -107,6 +108,21 @@ def class_accuracies(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
             for c in torch.unique(labels).tolist()}
 
 
+def train_step(distiller: Distiller, optimizer: torch.optim.Optimizer, batch: Batch,
+               amp: bool = True, where: str = "") -> dict[str, torch.Tensor]:
+    """One optimisation step on ``batch``; returns the named losses. A NaN or infinite loss
+    raises :class:`TrainingDiverged` before the step touches the weights."""
+    with _autocast(batch.images.device, amp):
+        _, losses = distiller(*batch)
+    loss = sum(losses.values())
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(f"loss became {float(loss)}{where}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return losses
+
+
 def train_epochs(distiller: Distiller, splits: Splits, budget: Budget, *, seed: int,
                  start_epoch: int = 0, optimizer: torch.optim.Optimizer | None = None,
                  generator_state: torch.Tensor | None = None) -> Iterator[EpochReport]:
@@ -136,16 +152,13 @@ def train_epochs(distiller: Distiller, splits: Splits, budget: Budget, *, seed: 
         seen = 0
         for index in batch_indices(len(splits.train_y), budget.batch_size, generator, device):
             images = splits.train_x[index].float().div_(255.0)
-            images = (augment(images, budget.augmentation, generator, budget.aug_share) - mean) / std
+            images, augmented = augment(images, budget.augmentation, generator,
+                                        budget.aug_share)
             labels = splits.train_y[index]
-            with _autocast(device, budget.amp):
-                _, losses = distiller(images, labels, index if pass_index else None)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss became {float(loss)} in epoch {epoch + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            batch = Batch((images - mean) / std, labels, index if pass_index else None,
+                          augmented)
+            losses = train_step(distiller, optimizer, batch, budget.amp,
+                                where=f" in epoch {epoch + 1}")
             n = len(labels)
             seen += n
             for name, value in losses.items():

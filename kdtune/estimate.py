@@ -14,18 +14,10 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from kdtune.data import PAPER_SIZES, paper_fractions
-from kdtune.spec import DatasetSpec, StudySpec
+from kdtune import methods
+from kdtune.sources import SOURCES, paper_fractions
+from kdtune.spec import DatasetSpec, ModelSpec, StudySpec
 
-# (channels, side, classes, images pooled over the source's own train and test files)
-SHAPES: dict[str, tuple[int, int, int, int]] = {
-    "digits": (1, 8, 10, 1_797),
-    "mnist": (1, 28, 10, 70_000),
-    "fashion_mnist": (1, 28, 10, 70_000),
-    "usps": (1, 16, 10, 9_298),
-    "cifar10": (3, 32, 10, 60_000),
-    "cifar100": (3, 32, 100, 60_000),
-}
 CPU_FLOPS = 60e9  # per core, sustained while training (measured, see the module docstring)
 GPU_FLOPS = 10e12
 TRIAL_OVERHEAD_S = 3.0
@@ -43,15 +35,16 @@ class DatasetShape:
 
 def dataset_shape(ds: DatasetSpec) -> DatasetShape | None:
     """Shape and split sizes of a dataset variant, or None if only loading it can tell."""
-    if ds.name not in SHAPES:
+    source = SOURCES[ds.name]
+    if source.pooled is None:
         return None
-    channels, side, classes, pooled = SHAPES[ds.name]
+    channels, side, classes, pooled = source.channels, source.side, source.classes, source.pooled
     if ds.classes is not None:  # a class subset keeps its share of the (balanced) pool
         kept = ds.classes if isinstance(ds.classes, int) else len(ds.classes)
         pooled, classes = pooled * kept // classes, kept
     fractions = paper_fractions(ds.name) if ds.split == "paper" else tuple(ds.split)
-    if ds.split == "paper" and ds.classes is None and ds.name in PAPER_SIZES:
-        n_train, n_val, n_test = PAPER_SIZES[ds.name]
+    if ds.split == "paper" and ds.classes is None and source.paper_sizes:
+        n_train, n_val, n_test = source.paper_sizes
     else:
         n_val, n_test = (round(pooled * f / sum(fractions)) for f in fractions[1:])
         n_train = pooled - n_val - n_test
@@ -79,10 +72,9 @@ def forward_flops(arch: str, options_json: str, channels: int, side: int, classe
     return float(counter.get_total_flops())
 
 
-def _flops(spec: StudySpec, role: str, shape: DatasetShape) -> float:
+def _flops(model: ModelSpec, shape: DatasetShape) -> float:
     import json
 
-    model = spec.teacher if role == "teacher" else spec.student
     return forward_flops(model.arch, json.dumps(model.options, sort_keys=True), shape.channels,
                          shape.side, shape.classes)
 
@@ -97,15 +89,31 @@ def _duration(hours: float) -> str:
     return f"{hours:.3g} h" if hours < 48 else f"{hours / 24:.3g} days"
 
 
-def estimate(spec: StudySpec) -> list[str]:
-    """Lines for ``kdtune validate``: FLOPs and device time of the whole plan."""
+@dataclass(frozen=True)
+class Compute:
+    """The FLOPs of a whole plan: pretrained models (teachers) and students (every search
+    trial and final run), over ``trials`` trials; ``unknown``: datasets whose sizes only
+    loading them tells."""
+
+    teacher_flops: float
+    student_flops: float
+    trials: int
+    unknown: tuple[str, ...] = ()
+
+    @property
+    def total(self) -> float:
+        return self.teacher_flops + self.student_flops
+
+
+def compute(spec: StudySpec) -> Compute:
+    """FLOPs of every trial ``spec`` plans: each pretrained model the methods need (the
+    teacher, the student-architecture model of self/reversed) once per dataset on the
+    teacher's budget; each method's trials with the architecture it trains, plus one forward
+    of the architecture teaching it per training image."""
     from kdtune.search import search_trials
 
-    distils = [m for m in spec.methods if m != "scratch"]
     t_epochs, s_epochs = spec.training.teacher_epochs, spec.training.student_epochs
     seeds = len(spec.final.seeds)
-    student_trials = sum(search_trials(spec, m) + seeds for m in spec.methods)
-    distil_trials = sum(search_trials(spec, m) + seeds for m in distils)
     teacher_flops = student_flops = 0.0
     trials, unknown = 0, []
     for ds in spec.datasets:
@@ -113,15 +121,27 @@ def estimate(spec: StudySpec) -> list[str]:
         if shape is None:
             unknown.append(ds.label)
             continue
-        ft, fs = _flops(spec, "teacher", shape), _flops(spec, "student", shape)
-        if distils:
-            teacher_flops += t_epochs * (3 * ft * shape.n_train + ft * shape.n_val)
+        for source in methods.teacher_sources(spec):
+            f = _flops(methods.model_spec(spec, source), shape)
+            teacher_flops += t_epochs * (3 * f * shape.n_train + f * shape.n_val)
             trials += 1
-        per_student = s_epochs * (3 * fs * shape.n_train + fs * shape.n_val)
-        student_flops += student_trials * per_student
-        # a distilled student runs the teacher forward on every training image
-        student_flops += distil_trials * s_epochs * ft * shape.n_train
-        trials += student_trials
+        for method in spec.methods:
+            trained, teacher = methods.trial_models(spec, method)
+            n = search_trials(spec, method) + seeds
+            f = _flops(trained, shape)
+            per_trial = s_epochs * (3 * f * shape.n_train + f * shape.n_val)
+            if teacher is not None:  # a distilled model runs its teacher on every image
+                per_trial += s_epochs * _flops(teacher, shape) * shape.n_train
+            student_flops += n * per_trial
+            trials += n
+    return Compute(teacher_flops, student_flops, trials, tuple(unknown))
+
+
+def estimate(spec: StudySpec) -> list[str]:
+    """Lines for ``kdtune validate``: FLOPs and device time of the whole plan."""
+    c = compute(spec)
+    teacher_flops, student_flops, trials, unknown = (c.teacher_flops, c.student_flops,
+                                                     c.trials, list(c.unknown))
     total = teacher_flops + student_flops
     t_cpus, t_gpus = spec.resources.for_role("teacher")
     s_cpus, s_gpus = spec.resources.for_role("student")

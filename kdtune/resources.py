@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kdtune.methods import METHOD_INFO, PRETRAINED, teacher_sources, trial_models
+from kdtune import methods
 from kdtune.spec import StudySpec
 
 ROLES = ("teacher", "scratch", "student")
@@ -50,9 +50,9 @@ def role_of(method: str) -> str:
     """The resources role of a trial of ``method``: ``teacher`` for pretraining (the teacher, or
     the pretrained student that teaches self/reversed), ``scratch`` for a baseline nobody
     teaches (scratch, reversed_scratch), ``student`` for every distilled student."""
-    if method in PRETRAINED.values():
+    if methods.is_pretrained(method):
         return "teacher"
-    return "scratch" if METHOD_INFO[method].taught_by is None else "student"
+    return "student" if methods.get(method).distils else "scratch"
 
 
 @dataclass(frozen=True)
@@ -156,65 +156,61 @@ def probes_for(spec: StudySpec, roles: Iterable[str]) -> list[MemoryProbe]:
     for index in range(len(spec.datasets)):
         for role in roles:
             if role == "teacher":
-                probes.extend(MemoryProbe(role, PRETRAINED[m], index)
-                              for m in teacher_sources(spec))
+                probes.extend(MemoryProbe(role, methods.PRETRAINED[m], index)
+                              for m in methods.teacher_sources(spec))
             else:
                 for method in (m for m in spec.methods if role_of(m) == role):
-                    hints = spec.hint_choices() if method == "ikd" else [None]
-                    probes.extend(MemoryProbe(role, method, index, h) for h in hints)
+                    probes.extend(MemoryProbe(role, method, index, h)
+                                  for h in methods.get(method).memory_variants(spec))
     return probes
 
 
 def step_peak_bytes(spec: StudySpec, probe: MemoryProbe, shape: Shape, device: Any) -> int:
     """Peak memory PyTorch allocated on ``device`` for two training steps (the optimizer's
-    state appears in the first) and one evaluation batch; 0 on a CPU, where nothing is
-    measured (the code path still runs, which is what the CPU tests check)."""
+    state appears in the first) and one evaluation batch of the trial ``probe`` describes,
+    built as the trainable builds it (:func:`kdtune.trial.build_trial`, on random images);
+    0 on a CPU, where nothing is measured (the code path still runs, which is what the CPU
+    tests check)."""
     import torch
 
-    from kdtune.distill import Scratch, build_distiller
-    from kdtune.engine import Budget, _autocast, make_optimizer
+    from kdtune.data import Splits
+    from kdtune.distill import Batch
+    from kdtune.engine import _autocast, train_step
+    from kdtune.job import TrialJob
     from kdtune.models import build_model
+    from kdtune.trial import build_trial
 
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     t = spec.training
-    # the model trained (the teacher architecture for `reversed`) and the one teaching it
-    arch, teacher_arch = trial_models(spec, probe.method)
-    model = build_model(arch.arch, shape.channels, shape.num_classes, shape.image_size,
-                        arch.options).to(device)
-    images = torch.randn(t.batch_size, shape.channels, shape.image_size, shape.image_size,
-                         device=device)
-    labels = torch.randint(0, shape.num_classes, (t.batch_size,), device=device)
-    if teacher_arch is None:
-        distiller = Scratch(model)
-    else:
+    n, size = t.batch_size, (shape.channels, shape.image_size, shape.image_size)
+    labels = torch.randint(0, shape.num_classes, (n,), device=device)
+    pixels = torch.randint(0, 256, (n, *size), dtype=torch.uint8, device=device)
+    splits = Splits("probe", pixels, labels, pixels, labels, pixels, labels, shape.num_classes,
+                    (0.5,) * shape.channels, (0.25,) * shape.channels)
+    role = "teacher" if probe.role == "teacher" else "search"
+    job = TrialJob("probe", role, probe.dataset_index, probe.method, 0).with_hp(
+        hint_layer=probe.hint_layer)
+    _, teacher_arch = methods.trial_models(spec, probe.method)
+    teacher = None
+    if teacher_arch is not None and role != "teacher":
         teacher = build_model(teacher_arch.arch, shape.channels, shape.num_classes,
                               shape.image_size, teacher_arch.options).to(device).eval()
-        d = spec.distillation
-        config = {"alpha": d.alpha, "tau": d.tau, "beta": d.beta, "hint_layer": probe.hint_layer}
-        distiller = build_distiller(probe.method, model, teacher, config,
-                                    student_arch=arch.arch, teacher_arch=teacher_arch.arch,
-                                    example=images[:2], num_classes=shape.num_classes).to(device)
-    budget = Budget(epochs=1, batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr,
-                    momentum=t.momentum, weight_decay=t.weight_decay, amp=t.amp)
-    optimizer = make_optimizer([p for p in distiller.parameters() if p.requires_grad], budget)
-    distiller.train()
+    trial = build_trial(spec, job, splits, device, teacher)  # the teacher runs live: no cache
+    images = torch.randn(n, *size, device=device)
+    trial.distiller.train()
     for _ in range(2):
-        with _autocast(device, t.amp):
-            _, losses = distiller(images, labels)
-        optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        optimizer.step()
-    model.eval()
+        train_step(trial.distiller, trial.optimizer, Batch(images, labels), t.amp)
+    trial.model.eval()
     with torch.no_grad(), _autocast(device, t.amp):
-        model(torch.randn(EVAL_BATCH, *images.shape[1:], device=device))
+        trial.model(torch.randn(EVAL_BATCH, *size, device=device))
     if not cuda:
         return 0
     torch.cuda.synchronize(device)
     peak = int(torch.cuda.max_memory_allocated(device))
-    del model, distiller, optimizer, images, labels
+    del trial, images, labels, splits, pixels, teacher
     torch.cuda.empty_cache()
     return peak
 

@@ -1,8 +1,9 @@
 """The Optuna search of one (dataset, method): a define-by-run space behind Ray Tune's OptunaSearch.
 
-Define-by-run lets the space depend on the method (``kdtune.methods.METHOD_INFO[m].searched``):
-``alpha`` and ``tau`` exist only for methods that distil, ``beta`` for ``ikd`` (hint weight) and
-``at`` (attention weight), ``hint_layer`` only for ``ikd``. The Optuna study lives in a journal
+Define-by-run lets the space depend on the method (each method's ``searched`` dimensions in
+:mod:`kdtune.methods`; how each dimension is sampled in :mod:`kdtune.hparams`): ``alpha`` and
+``tau`` exist only for methods that distil, ``beta`` and ``hint_layer`` only for those that use
+them. The Optuna study lives in a journal
 file in the run directory, so a resumed run continues the same TPE study, and parameter
 importance can be computed from it later.
 """
@@ -17,46 +18,25 @@ import optuna
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from kdtune.methods import METHOD_INFO
+from kdtune import methods
+from kdtune.hparams import is_searched, sample
 from kdtune.spec import StudySpec
-
-PAPER_POINT = {"alpha": 0.7, "tau": 4.0}
 
 
 def define_space(trial: optuna.Trial, method: str, space: dict[str, Any]) -> dict[str, Any]:
     """Sample one configuration; returns the fixed values of the dimensions not searched.
 
+    The student's dimensions first (lr, augmentation, and the augmented share only where some
+    policy augments), then the method's own (:meth:`kdtune.methods.base.Method.sample`): the
+    order of the suggestions is part of what makes a seeded search repeat exactly.
     Module level (not a closure) so that Ray can pickle the searcher with it.
     """
-    fixed: dict[str, Any] = {}
-    if space.get("lr"):
-        trial.suggest_float("lr", *space["lr"], log=True)
-    # augmentation, like lr, is searched for every method alike; the share of each batch that
-    # is augmented exists only when some policy augments
-    policy = space.get("fixed", {}).get("augmentation", "none")
-    if space.get("augmentation"):
-        policy = trial.suggest_categorical("augmentation", space["augmentation"])
-    if space.get("aug_share") and policy != "none":
-        trial.suggest_float("aug_share", *space["aug_share"])
-    dims = METHOD_INFO[method].searched
-    for name in ("alpha", "tau"):
-        if name not in dims:
-            continue
-        if space.get(name):
-            trial.suggest_float(name, *space[name])
-        else:
-            fixed[name] = space["fixed"][name]
-    if "hint_layer" in dims:
-        if len(space["hint_layers"]) > 1:
-            trial.suggest_categorical("hint_layer", space["hint_layers"])
-        else:
-            fixed["hint_layer"] = space["hint_layers"][0]
-    if "beta" in dims:
-        if space.get("beta"):
-            trial.suggest_float("beta", *space["beta"], log=space["beta"][0] > 0)
-        else:
-            fixed["beta"] = space["fixed"]["beta"]
-    return fixed
+    if is_searched("lr", space):
+        sample(trial, "lr", space)
+    policy = sample(trial, "augmentation", space)
+    if is_searched("aug_share", space) and policy != "none":
+        sample(trial, "aug_share", space)
+    return methods.get(method).sample(trial, space)
 
 
 def space_of(spec: StudySpec) -> dict[str, Any]:
@@ -71,15 +51,9 @@ def space_of(spec: StudySpec) -> dict[str, Any]:
 
 def searched_dimensions(spec: StudySpec, method: str) -> list[str]:
     """Names of the hyperparameters Optuna varies for ``method``."""
-    s, own = spec.search, METHOD_INFO[method].searched
-    dims = ["lr"] if s.lr else []
-    dims += ["augmentation"] if s.augmentation else []
-    dims += ["aug_share"] if s.aug_share else []
-    dims += [name for name in ("alpha", "tau") if name in own and getattr(s, name)]
-    if "hint_layer" in own:
-        dims += ["hint_layer"] if len(spec.hint_choices()) > 1 else []
-    dims += ["beta"] if "beta" in own and s.beta else []
-    return dims
+    space = space_of(spec)
+    common = [name for name in ("lr", "augmentation", "aug_share") if is_searched(name, space)]
+    return common + methods.get(method).searched_in(space)
 
 
 def search_trials(spec: StudySpec, method: str) -> int:
@@ -92,11 +66,8 @@ def start_points(spec: StudySpec, method: str) -> list[dict[str, Any]] | None:
     """The configurations evaluated first: the paper's point, then ``search.points``, each cut
     to the dimensions this method searches (a point left empty is dropped)."""
     dims = searched_dimensions(spec, method)
-    points = []
-    if spec.search.include_paper_point and {"alpha", "tau"} & set(METHOD_INFO[method].searched):
-        point = {k: v for k, v in PAPER_POINT.items() if getattr(spec.search, k)
-                 and getattr(spec.search, k)[0] <= v <= getattr(spec.search, k)[1]}
-        points.append(point)
+    space = space_of(spec)
+    points = [methods.get(method).start_point(space, spec.search.include_paper_point)]
     points += [{k: v for k, v in p.items() if k in dims} for p in spec.search.points or []]
     points = [p for p in points if p]
     return points or None

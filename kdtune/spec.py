@@ -1,5 +1,9 @@
 """The study spec: a YAML file that reads like a paper's method section, validated with pydantic.
 
+Light on purpose: it imports neither torch nor ray. Names are checked against registries that
+import nothing heavy (:mod:`kdtune.sources`, :mod:`kdtune.models`, :mod:`kdtune.augment`,
+:mod:`kdtune.methods`), so a misspelt spec is refused before any of that loads.
+
 ``load_spec`` turns every problem into one :class:`SpecError` whose message names the field
 (``datasets[0].name: unknown dataset 'cifar1000' (known: ...)``) or the file position of a YAML
 syntax error, so the CLI can print one line and exit 2 before anything is written.
@@ -11,7 +15,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -25,12 +29,16 @@ from pydantic import (
     model_validator,
 )
 
-from kdtune.data import AUGMENTATIONS, LOADERS
-from kdtune.knobs import Knobs
-from kdtune.methods import METHOD_INFO
+from kdtune import methods
+from kdtune.augment import POLICIES as AUGMENTATIONS
+from kdtune.hparams import DISTILLATION_DIMS, RANGE_DIMS, parse_hint
 from kdtune.models import ARCHS, arch_taps
+from kdtune.sources import SOURCES
 
-METHODS = tuple(METHOD_INFO)  # scratch, rkd, ikd, at, self, reversed, reversed_scratch, mskd
+if TYPE_CHECKING:
+    from kdtune.data import Splits
+    from kdtune.knobs import Knobs
+
 GPU_MODES = ("auto", "fit")
 
 
@@ -69,8 +77,8 @@ class DatasetSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in LOADERS:
-            raise ValueError(f"unknown dataset '{value}' (known: {', '.join(LOADERS)})")
+        if value not in SOURCES:
+            raise ValueError(f"unknown dataset '{value}' (known: {', '.join(SOURCES)})")
         return value
 
     @field_validator("split")
@@ -105,6 +113,8 @@ class DatasetSpec(_Strict):
         return {k: getattr(self, k) for k in KNOB_FIELDS if getattr(self, k) is not None}
 
     def knobs(self) -> Knobs:
+        from kdtune.knobs import Knobs
+
         values = {k: v for k, v in self.knob_values().items() if k != "max_train"}
         if isinstance(values.get("classes"), list):
             values["classes"] = tuple(values["classes"])
@@ -134,7 +144,7 @@ class DatasetSpec(_Strict):
         ((key, value),) = values.items()
         return key, float(len(value) if isinstance(value, list) else value)
 
-    def load(self):  # -> kdtune.data.Splits
+    def load(self) -> Splits:
         """Load this dataset's splits with its knobs applied."""
         from kdtune.data import load_splits
 
@@ -211,6 +221,7 @@ class DistillationSpec(_Strict):
 SEARCH_RANGES = {"alpha": (0.0, 1.0, False), "tau": (0.0, None, True),
                  "beta": (0.0, None, False), "lr": (0.0, None, True),
                  "aug_share": (0.0, 1.0, False)}
+assert set(SEARCH_RANGES) == set(RANGE_DIMS)
 
 
 def _range(value: Any, low: float | None, high: float | None, name: str,
@@ -228,11 +239,13 @@ def _range(value: Any, low: float | None, high: float | None, name: str,
 
 
 class SearchSpec(_Strict):
-    """The dimensions Optuna searches; a dimension left out stays at its fixed value."""
+    """The dimensions Optuna searches; a dimension left out stays at its fixed value
+    (``distillation`` for alpha, tau, beta and the hint layer; ``training`` for lr and the
+    augmentation). Setting a dimension both here and in ``distillation`` is an error."""
 
     trials: int = Field(default=8, ge=1)
-    alpha: tuple[float, float] | None = (0.0, 1.0)
-    tau: tuple[float, float] | None = (1.0, 20.0)
+    alpha: tuple[float, float] | None = None
+    tau: tuple[float, float] | None = None
     hint_layers: list[str] | None = None
     beta: tuple[float, float] | None = None
     lr: tuple[float, float] | None = None  # searched on a log scale, for every method alike
@@ -377,12 +390,6 @@ class SchedulerSpec(_Strict):
     max_retries: int = Field(default=2, ge=0)  # a crashed trial restarts from its checkpoint
 
 
-def parse_hint(hint: str) -> tuple[str, str]:
-    """``'layer3:layer2'`` is (teacher tap, student tap); ``'stage2'`` names the same tap on both."""
-    teacher, _, student = hint.partition(":")
-    return teacher, (student or teacher)
-
-
 class StudySpec(_Strict):
     study: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)
     description: str = ""
@@ -412,9 +419,11 @@ class StudySpec(_Strict):
     @field_validator("methods")
     @classmethod
     def _methods(cls, value: list[str]) -> list[str]:
+        known = methods.names()
         for index, method in enumerate(value):
-            if method not in METHODS:
-                raise ValueError(f"[{index}]: unknown method '{method}' (known: {', '.join(METHODS)})")
+            if method not in known:
+                raise ValueError(f"[{index}]: unknown method '{method}' (known: "
+                                 f"{', '.join(known)})")
         if len(set(value)) != len(value):
             raise ValueError("a method is listed twice")
         return value
@@ -438,19 +447,26 @@ class StudySpec(_Strict):
                 and set(self.search.augmentation or ["none"]) == {"none"}):
             raise ValueError("@search.aug_share: nothing to share: no augmentation policy "
                              "(set training.augmentation or search.augmentation)")
-        if "ikd" in self.methods and not (self.search.hint_layers or self.distillation.hint_layer):
-            raise ValueError("@search.hint_layers: method ikd needs a hint layer "
-                             "(search.hint_layers or distillation.hint_layer)")
+        return self
+
+    @model_validator(mode="after")
+    def _fixed_or_searched(self) -> StudySpec:
+        """A dimension is fixed (``distillation``) or searched (``search``), never both: the
+        fixed value would be silently ignored."""
+        for name in DISTILLATION_DIMS:
+            searched = (self.search.hint_layers if name == "hint_layer"
+                        else getattr(self.search, name))
+            if name in self.distillation.model_fields_set and searched is not None:
+                key = "hint_layers" if name == "hint_layer" else name
+                raise ValueError(f"@distillation.{name}: fixed at "
+                                 f"{getattr(self.distillation, name)} but search.{key} also "
+                                 f"searches it; keep one (left out of search = fixed)")
         return self
 
     @model_validator(mode="after")
     def _method_needs(self) -> StudySpec:
-        if "reversed" in self.methods and "reversed_scratch" not in self.methods:
-            raise ValueError("@methods: method reversed needs its baseline reversed_scratch (the "
-                             "teacher architecture on labels alone) in methods")
-        if "mskd" in self.methods and len(arch_taps(self.student.arch, self.student.options)) < 2:
-            raise ValueError(f"@methods: mskd needs a student with at least two stages "
-                             f"({self.student.label} has one)")
+        for method in self.methods:
+            methods.get(method).check(self)
         for index, point in enumerate(self.search.points or []):
             for name, value in point.items():
                 where = f"@search.points[{index}]"
@@ -459,8 +475,8 @@ class StudySpec(_Strict):
                         raise ValueError(f"{where}: hint_layer '{value}' is not among "
                                          f"search.hint_layers")
                     continue
-                bounds = getattr(self.search, name, None) if name in (
-                    "alpha", "tau", "beta", "lr") else "unknown"
+                bounds = (getattr(self.search, name, None) if name in RANGE_DIMS
+                          and name != "aug_share" else "unknown")
                 if bounds == "unknown":
                     raise ValueError(f"{where}: unknown dimension '{name}' (known: alpha, tau, "
                                      "beta, lr, hint_layer)")

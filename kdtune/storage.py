@@ -12,10 +12,16 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
+
+
+class StorageError(RuntimeError):
+    """The storage path cannot hold a run (unwritable, not a folder, full, unreachable, ...)."""
+
 
 Location = str | Path  # a local path, or a URI such as s3://bucket/prefix/teachers/x/teacher.pt
 
@@ -139,6 +145,23 @@ def download_tree(uri: str, local: Path, skip: tuple[str, ...] = ()) -> list[str
     return names
 
 
+def write_atomic(path: str | Path, write: Callable[[str], None]) -> None:
+    """Write a local file through a temporary file in the same folder and a rename: a reader
+    (or a crash) sees the old file or the new one, never half of one. ``write(tmp_path)``
+    writes the content."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def save_torch(obj: Any, location: str | Path) -> None:
     """``torch.save`` to a local path or a URI, through a temporary file: never a truncated
     file (a crashed trial leaves the old teacher or none)."""
@@ -149,16 +172,7 @@ def save_torch(obj: Any, location: str | Path) -> None:
             torch.save(obj, Path(folder) / name_of(location))
             upload(Path(folder) / name_of(location), str(location))
         return
-    path = Path(location)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(location, lambda tmp: torch.save(obj, tmp))
 
 
 def load_torch(location: str | Path, map_location: Any = "cpu") -> Any:

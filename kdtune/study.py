@@ -1,448 +1,84 @@
-"""Orchestration of one study on Ray Tune: teachers, one Optuna search per (dataset, method),
-then the final evaluation of each best config over the spec's seeds.
+"""One study on Ray Tune, as a plan of stages: teachers (trained once per dataset and reused
+across runs), one Optuna search per (dataset, method), then the final evaluation of each best
+config over the spec's seeds.
 
-Every stage is a ``tune.Tuner`` run; a driver-side callback writes each trial to Parquet the
-moment it ends. A stage is skipped, or shortened, by what the Parquet files already hold, so
-``kdtune resume RUN_DIR`` (or a crash followed by a resume) reruns no finished trial.
+A stage is skipped, or shortened, by what the Parquet files already hold, so ``kdtune resume
+RUN_DIR`` (or a crash followed by a resume) reruns no finished trial. The layers below it: the
+run directory (:mod:`kdtune.rundir`), the checks before anything is written
+(:mod:`kdtune.preflight`), the Ray session and its signals (:mod:`kdtune.session`), a stage as a
+Tuner (:mod:`kdtune.tuner`), the recorder callback (:mod:`kdtune.recorder`), console lines
+(:mod:`kdtune.console`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
-import os
 import platform
-import re
 import shutil
-import signal
 import socket
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
 import yaml
 
-from kdtune.cluster import (
-    ResourcesByMethod,
-    check_shared_storage,
-    cluster_address,
-    cluster_summary,
-)
-from kdtune.data import DatasetUnavailable, Splits
-from kdtune.methods import METHOD_INFO, PRETRAINED, row_columns, teacher_sources
+from kdtune import console, methods
+from kdtune.cluster import check_shared_storage
+from kdtune.data import Splits
+from kdtune.hparams import Hyperparams
+from kdtune.job import TrialJob
+from kdtune.preflight import check_datasets, check_storage
+from kdtune.recorder import Recorder
 from kdtune.resources import ClusterView, ResourcePlan, Shape, resolve, roles_needed
-from kdtune.results import (
+from kdtune.results import best_search_trial, compute_gains
+from kdtune.rundir import (
+    DATASET_SCHEMA,
+    DATASETS_FILE,
+    EPOCH_SCHEMA,
     GAIN_SCHEMA,
     GAINS_FILE,
+    JOURNAL_FILE,
+    RUN_FILE,
+    SPEC_FILE,
+    TRIALS_FILE,
     ResultsStore,
-    best_search_trial,
-    compute_gains,
+    new_run_dir,
     read_rows,
+    write_json_atomic,
     write_table_atomic,
+    write_text_atomic,
 )
-from kdtune.spec import DatasetSpec, SpecError, StudySpec, parse_spec
+from kdtune.session import init_ray
+from kdtune.spec import DatasetSpec, StudySpec, parse_spec
 from kdtune.storage import (
     Location,
     RunMirror,
-    check_writable,
+    StorageError,
     download_tree,
     exists,
     is_uri,
     join,
     load_torch,
     staging_dir,
-    tune_storage,
 )
-from kdtune.trainables import flat_config, teacher_path
+from kdtune.trainables import teacher_path
+from kdtune.tuner import asha, fit_stage, stage_name
 
 if TYPE_CHECKING:
     from kdtune.multisearch import SearchPart
-
-DATASETS_FILE = "datasets.parquet"
-SPEC_FILE = "spec.yaml"
-RUN_FILE = "run.json"
-
-DATASET_SCHEMA = pa.schema([
-    ("dataset", pa.string()), ("name", pa.string()), ("channels", pa.int64()),
-    ("image_size", pa.int64()), ("num_classes", pa.int64()), ("n_train", pa.int64()),
-    ("n_val", pa.int64()), ("n_test", pa.int64()),
-    # the knob this variant sets ('+'-joined with no value if several; null for a plain dataset)
-    ("knob", pa.string()), ("knob_value", pa.float64()), ("knobs_json", pa.string()),
-    # measured complexity (kdtune/complexity.py): the score in [0, 1] and what it is made of
-    ("complexity_score", pa.float64()), ("samples_per_class", pa.float64()),
-    ("pixel_entropy", pa.float64()), ("intrinsic_dim", pa.int64()), ("knn_error", pa.float64()),
-    ("linear_error", pa.float64()), ("within_class_var", pa.float64()),
-    ("complexity_json", pa.string()),
-])
-
-
-class StorageError(RuntimeError):
-    """The storage path cannot hold a run (unwritable, not a folder, full, ...)."""
 
 
 class StudyError(RuntimeError):
     """A stage the rest of the study depends on failed (e.g. no teacher could be trained)."""
 
 
-# a run directory of the quickstart is ~5 MB; refuse storage that cannot hold a few of them
-MIN_FREE_BYTES = 200 * 1024 * 1024
-
-
-def _log(message: str) -> None:
-    print(message, flush=True)
-
-
-def resolve_paths(spec: StudySpec, storage: str | None, data_dir: str | None,
-                  download: bool | None = None) -> StudySpec:
-    """Make storage and data paths absolute (Ray needs absolute paths; trials run elsewhere)."""
-    storage_path = storage or spec.storage
-    if "://" not in storage_path:
-        storage_path = str(Path(storage_path).expanduser().resolve())
-    datasets = []
-    for ds in spec.datasets:
-        update: dict[str, Any] = {}
-        folder = ds.data_dir or data_dir
-        if folder:
-            update["data_dir"] = str(Path(folder).expanduser().resolve())
-        if ds.path:  # an image folder is read by trial workers too
-            update["path"] = str(Path(ds.path).expanduser().resolve())
-        if download is not None:
-            update["download"] = download or ds.download
-        datasets.append(ds.model_copy(update=update))
-    return spec.model_copy(update={"storage": storage_path, "datasets": datasets})
-
-
-def check_datasets(spec: StudySpec, log: Callable[[str], None] | None = None,
-                   loaded: list[Splits] | None = None) -> list[dict[str, Any]]:
-    """Load every dataset once in the driver (or take the ``loaded`` splits): a missing one
-    fails before any trial starts.
-
-    Each dataset's complexity is measured here too (seconds), so it is stored with the results.
-    """
-    from kdtune.complexity import as_row, measure
-
-    rows = []
-    for index, ds in enumerate(spec.datasets):
-        splits = loaded[index] if loaded is not None else ds.load()
-        sizes = splits.sizes()
-        cx = measure(splits, ds.label)
-        knob, knob_value = ds.knob()
-        k = spec.distillation.omit_class
-        if k is not None and k >= splits.num_classes:
-            raise SpecError(f"distillation.omit_class: {ds.label} has no class {k} "
-                            f"(0..{splits.num_classes - 1})")
-        rows.append({"dataset": ds.label, "name": ds.name, "channels": splits.channels,
-                     "image_size": splits.image_size, "num_classes": splits.num_classes,
-                     "n_train": sizes["train"], "n_val": sizes["val"], "n_test": sizes["test"],
-                     "knob": knob, "knob_value": knob_value,
-                     "knobs_json": json.dumps(ds.knob_values())} | as_row(cx))
-        if log:
-            log(f"dataset {ds.label}: {sizes['train']}/{sizes['val']}/{sizes['test']} images, "
-                f"{splits.channels}x{splits.image_size}x{splits.image_size}, "
-                f"{splits.num_classes} classes, complexity {cx.score:.3f}")
-    return rows
-
-
-def check_storage(storage: str | Path, min_free: int = MIN_FREE_BYTES) -> None:
-    """Fail before any trial starts if ``storage`` cannot take a run: unwritable or full (an
-    object store: unreachable or unwritable)."""
-    if is_uri(storage):
-        try:
-            check_writable(str(storage))
-        except (OSError, ValueError) as error:  # pyarrow: ArrowIOError is OSError
-            first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-            raise StorageError(f"storage {storage}: not reachable or not writable "
-                               f"({first})") from None
-        return
-    storage = Path(storage)
-    probe = storage / f".kdtune-write-test-{os.getpid()}"
-    try:
-        storage.mkdir(parents=True, exist_ok=True)
-        try:
-            probe.write_bytes(b"x" * 65536)  # a full disk fails here, not only a read-only one
-        finally:
-            probe.unlink(missing_ok=True)
-    except OSError as error:
-        raise StorageError(f"storage {storage}: not writable ({error.strerror or error})") from None
-    free = shutil.disk_usage(storage).free
-    if free < min_free:
-        raise StorageError(f"storage {storage}: only {free // 2**20} MiB free, need at least "
-                           f"{min_free // 2**20} MiB")
-
-
-def new_run_dir(spec: StudySpec) -> Location:
-    """A new run directory under the storage: a path, or a URI (its files are staged locally)."""
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = f"{spec.study}-{stamp}"
-    run_dir, n = join(spec.storage, base), 1
-    while exists(run_dir):
-        n += 1
-        run_dir = join(spec.storage, f"{base}-{n}")
-    return run_dir
-
-
-def _write_json_atomic(data: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-
-
-# ----------------------------------------------------------------------------- Tune glue
-
-def _tune_callback(store: ResultsStore, spec: StudySpec, stage: str, role: str,
-                   expected: int | dict[str, int], log: Callable[[str], None]):
-    """The driver-side callback of one Tuner. ``stage`` and ``role`` are defaults: a trial
-    whose config names its own (several searches and the final runs share a Tuner) keeps them;
-    ``expected`` counts the trials of each stage, for the progress lines."""
-    from ray.tune import Callback
-
-    labels = [ds.label for ds in spec.datasets]
-    totals = expected if isinstance(expected, dict) else {stage: expected}
-
-    class Recorder(Callback):
-        """Writes each finished trial to Parquet at once and prints progress."""
-
-        def __init__(self) -> None:
-            self.done: dict[str, int] = {}
-            self.best: dict[str, float] = {}
-
-        def _base(self, trial) -> dict[str, Any]:
-            c = flat_config(trial.config)
-            own = c.get("stage", stage)
-            return {"study": spec.study, "run_id": store.run_dir.name, "stage": own,
-                    "trial_id": f"{own}:{trial.trial_id}",
-                    "dataset": labels[int(c["dataset_index"])], "method": c["method"],
-                    "role": c.get("role", role), "seed": int(c["seed"])}
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            if "epoch" not in result:
-                return
-            row = self._base(trial) | {k: result.get(k) for k in (
-                "epoch", "train_loss", "loss_ce", "loss_kd", "loss_hint", "val_acc", "epoch_s",
-                "wall_s", "loss_at")}
-            store.add_epoch(row)
-            if row["role"] == "teacher":
-                log(f"  [{row['stage']}] {row['dataset']} teacher epoch {row['epoch']}/"
-                    f"{spec.training.teacher_epochs}: val {row['val_acc']:.1f}%")
-
-        def _finish(self, trial, status: str | None, failure: str | None) -> None:
-            c, last = flat_config(trial.config), trial.last_result or {}
-            base = self._base(trial)
-            budget = (spec.training.teacher_epochs if base["role"] == "teacher"
-                      else spec.training.student_epochs)
-            epochs_run = int(last.get("epoch") or 0)
-            if status is None:
-                if last.get("diverged"):
-                    status, failure = "failed", last.get("failure")
-                else:
-                    status = "finished" if epochs_run >= budget else "stopped"
-            row = base | {
-                "alpha": c.get("alpha"), "tau": c.get("tau"), "hint_layer": c.get("hint_layer"),
-                "beta": c.get("beta"), "lr": float(c.get("lr", spec.training.lr)),
-                "config_json": json.dumps({k: v for k, v in sorted(c.items())
-                                           if k not in ("teacher_path",)}, default=str),
-                "val_acc": last.get("val_acc") if status != "failed" else None,
-                "test_acc": last.get("test_acc"), "epochs_run": epochs_run,
-                "epochs_budget": budget, "status": status, "failure": failure,
-                "wall_s": last.get("wall_s"), "teacher_id": c.get("teacher_id"),
-                "node_id": last.get("node_id"), "restarts": int(trial.num_failures),
-                "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                **row_columns(spec, c["method"], last),
-            }
-            store.finish_trial(row)
-            own = row["stage"]
-            self.done[own] = self.done.get(own, 0) + 1
-            if row["val_acc"] is not None and status == "finished":
-                self.best[own] = max(self.best.get(own, 0.0), row["val_acc"])
-            hp = " ".join(f"{k}={row[k]:.3g}" if isinstance(row[k], float) else f"{k}={row[k]}"
-                          for k in ("alpha", "tau", "hint_layer", "lr") if row[k] is not None
-                          and (k != "lr" or spec.search.lr))
-            hp += "".join(f" {k}={c[k]:.3g}" if isinstance(c[k], float) else f" {k}={c[k]}"
-                          for k in ("augmentation", "aug_share") if k in c)
-            val = f"val {row['val_acc']:.1f}%" if row["val_acc"] is not None else "no val"
-            best = (f" (best {self.best[own]:.1f}%)" if own in self.best
-                    and row["role"] == "search" else "")
-            why = f" [{status}: {failure}]" if failure else (" [stopped early]" if status == "stopped" else "")
-            why += f" [restarted {row['restarts']}x from its checkpoint]" if row["restarts"] else ""
-            log(f"  [{own}] {self.done[own]}/{totals.get(own, '?')} {row['dataset']} "
-                f"{row['method']} seed "
-                f"{row['seed']}: {val}{best} after {epochs_run} epochs, "
-                f"{row['wall_s'] or 0:.0f}s {hp}{why}")
-
-        def on_step_end(self, iteration, trials, **info):
-            check_stop()
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self._finish(trial, None, None)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            failure = "trial raised an error"
-            if trial.error_file and Path(trial.error_file).exists():
-                lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
-                failure = lines[-1][:500] if lines else failure
-            self._finish(trial, "failed", failure)
-
-    return Recorder()
-
-
-def _fit(trainable, spec: StudySpec, tune_dir: Location, stage: str, param_space: dict[str, Any],
-         num_samples: int, callback, searcher=None, scheduler=None,
-         plan: ResourcePlan | None = None, **parameters: Any) -> None:
-    """One stage as a Tuner. ``parameters`` (object refs of the datasets and teachers) reach
-    the trainable through ``tune.with_parameters``, never through its closure. ``tune_dir``:
-    Tune's experiment folder (trial checkpoints), a path or a URI every node reaches."""
-    from ray import tune
-
-    check_stop()
-    if plan is None:
-        resources: Any = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
-    elif len({tuple(sorted(r.bundle().items())) for r in plan.roles.values()}) == 1:
-        resources = next(iter(plan.roles.values())).bundle()
-    else:  # roles differ: each trial's bundle follows its method
-        resources = ResourcesByMethod(plan)
-    # Tune lets a custom searcher have one trial waiting for a worker at a time. With actor
-    # reuse, a waiting trial takes any worker that comes free and the worker started for it,
-    # still starting (a cold start outlasts a small trial), is dropped: every trial then ran on
-    # one worker, one after another. With twice as many waiting as the cluster runs at once,
-    # a free worker mostly goes to a trial that has no worker starting, and the new workers
-    # live; SparingFIFO then gives a free worker a waiting trial whose own worker is not mid-start.
-    # (The per-search concurrency limits still bound what Optuna hands out early.)
-    own_pending = "TUNE_MAX_PENDING_TRIALS_PG" not in os.environ
-    if own_pending and plan is not None:
-        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(
-            2 * plan.slots(ClusterView.from_ray(), spec.resources.max_concurrent_trials))
-    from kdtune.multisearch import SparingFIFO
-
-    tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(trainable, spec=spec, **parameters), resources),
-        param_space=param_space,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler or SparingFIFO(),
-                                    num_samples=num_samples, reuse_actors=True,
-                                    max_concurrent_trials=spec.resources.max_concurrent_trials),
-        run_config=tune.RunConfig(
-            name=stage, callbacks=[callback], verbose=0,
-            **(tune_storage(tune_dir) if is_uri(tune_dir) else {"storage_path": str(tune_dir)}),
-            # Tune keeps every checkpoint it is told of; each trial deletes its own previous
-            # one (trainables.drop_previous). With num_to_keep set, Tune instead re-writes the
-            # whole experiment state after every checkpoint so that a Tuner.restore never
-            # points at a deleted one: 7-12 ms of driver CPU per epoch, most of Ray's share of
-            # a study of short trials. kdtune resumes from trials.parquet and the Optuna
-            # journal, never from Tune's experiment state, so that snapshot bought nothing.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-            # a trial whose worker dies or raises is retried from its last checkpoint
-            failure_config=tune.FailureConfig(max_failures=spec.scheduler.max_retries)),
-    )
-    try:
-        tuner.fit()
-    finally:
-        if own_pending:
-            os.environ.pop("TUNE_MAX_PENDING_TRIALS_PG", None)
-    check_stop()
-
-
-def stage_name(kind: str, label: str, method: str) -> str:
-    """A Tune experiment / Optuna study name: a dataset label made path- and URI-safe."""
-    safe = label.replace("[", "_").replace("]", "").replace("=", "")
-    return f"{kind}-{re.sub(r'[^A-Za-z0-9_.+-]+', '_', safe)}-{method}"
-
-
-def _asha(spec: StudySpec):
-    if not spec.scheduler.asha:
-        return None
-    from ray.tune.schedulers import ASHAScheduler
-
-    # rungs count epochs, as the trial reports them, also after a restart from a checkpoint
-    return ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max",
-                         max_t=spec.training.student_epochs,
-                         grace_period=min(spec.scheduler.grace_period,
-                                          spec.training.student_epochs),
-                         reduction_factor=spec.scheduler.reduction_factor)
-
-
-# Set by Ctrl-C or SIGTERM. A KeyboardInterrupt raised by the handler is lost when it lands in
-# a __del__ (Ray's actor handles are collected mid-stage), so the run also checks this flag at
-# every Tune step and around every stage.
-_STOP_REQUESTED = threading.Event()
-
-
-def _raise_keyboard_interrupt(signum, frame) -> None:  # noqa: ARG001 - signal API
-    _STOP_REQUESTED.set()
-    raise KeyboardInterrupt
-
-
-def check_stop() -> None:
-    """Raise KeyboardInterrupt if Ctrl-C or SIGTERM arrived, even if its first raise was lost."""
-    if _STOP_REQUESTED.is_set():
-        raise KeyboardInterrupt
-
-
-def stop_on_sigterm(fresh: bool = False) -> None:
-    """Treat SIGTERM like Ctrl-C: the run stops cleanly and says how to resume.
-
-    Called again after ``ray.init``, whose core installs its own SIGTERM handler (which aborts).
-    ``fresh`` forgets a stop request of an earlier command in this process.
-    """
-    if fresh:
-        _STOP_REQUESTED.clear()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-        signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
-
-
-def _init_ray(address: str | None, log: Callable[[str], None]) -> None:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C reaches kdtune at once
-    # kdtune prints its own one-line-per-trial progress; Tune's tables and warnings would bury it
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Tune's own result.json / progress.csv per trial: kdtune writes every epoch to Parquet
-    # itself, and those loggers cost the driver ~1.8 ms per reported epoch (measured: 8 trials x
-    # 150 reports, driver CPU 3.5 s with them, 1.3 s without). TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0
-    # brings them back (TensorBoard, or reading a trial's folder by hand).
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    import optuna
-    import ray
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1":
-        # without those files Tune's ResultGrid warns for every trial that it found no metrics
-        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-
-    if ray.is_initialized():
-        return
-    started = time.perf_counter()
-    address = cluster_address(address)
-    if address:
-        # an existing cluster (--address, or RAY_ADDRESS inside `ray job submit`): kdtune
-        # opens no port of its own there; the cluster's ports are those `ray start` opened
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-        where = f"cluster at {address}"
-    else:
-        # Dashboard off, and every Ray service bound to loopback, so an embedded run opens no
-        # port another machine can reach. Ray binds its gRPC servers to the node IP; with
-        # "cluster mode" off (Ray's switch for laptops) the node IP is 127.0.0.1.
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read by Ray's child processes
-        from ray._private import ray_constants
-
-        ray_constants.ENABLE_RAY_CLUSTER = False  # read by this process, already imported
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
-                 logging_level=logging.WARNING, log_to_driver=False)
-        where = "embedded Ray"
-    stop_on_sigterm()
-    log(f"Ray: {where}, {cluster_summary()[0]} ({time.perf_counter() - started:.1f}s)")
-
-
-# ----------------------------------------------------------------------------- the study
-
 class Study:
     """One run directory of one spec. ``run()`` runs (or continues) every stage."""
 
     def __init__(self, spec: StudySpec, run_dir: Path, spec_text: str | None = None,
-                 log: Callable[[str], None] = _log, remote: str | None = None) -> None:
+                 log: Callable[[str], None] = console.log, remote: str | None = None) -> None:
         """``run_dir``: the local run directory; with object storage, the staging copy of the
         run at the URI ``remote``, which gets each file again after every write."""
         self.spec, self.run_dir, self.log = spec, Path(run_dir), log
@@ -457,7 +93,7 @@ class Study:
         self._teacher_refs: dict[str, Any] = {}
 
     @classmethod
-    def create(cls, spec: StudySpec, spec_text: str, log: Callable[[str], None] = _log,
+    def create(cls, spec: StudySpec, spec_text: str, log: Callable[[str], None] = console.log,
                address: str | None = None) -> Study:
         """Check storage, datasets, the cluster and the resources the spec asks of it, then make
         the run directory: a check that fails leaves nothing behind."""
@@ -465,17 +101,17 @@ class Study:
         # kept for the run: trials get them through Ray's object store
         splits = [ds.load() for ds in spec.datasets]
         dataset_rows = check_datasets(spec, log, splits)
-        _init_ray(address, log)
+        init_ray(address, log)
         if check_shared_storage(spec.storage) > 1:
             log(f"storage {spec.storage}: visible and writable from every node")
         plan = plan_resources(spec, splits, log)
-        location = new_run_dir(spec)
+        location = new_run_dir(spec.storage, spec.study)
         remote = str(location) if is_uri(location) else None
         run_dir = staging_dir(remote) if remote else Path(location)
         if remote:  # leftovers of an earlier run of that name are not this run's files
             shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
-        (run_dir / SPEC_FILE).write_text(spec_text)
+        write_text_atomic(spec_text, run_dir / SPEC_FILE)
         write_table_atomic(dataset_rows, DATASET_SCHEMA, run_dir / DATASETS_FILE)
         study = cls(spec, run_dir, spec_text, log, remote=remote)
         study.splits, study.plan = splits, plan
@@ -483,7 +119,7 @@ class Study:
         return study
 
     @classmethod
-    def open(cls, run_dir: Location, log: Callable[[str], None] = _log) -> Study:
+    def open(cls, run_dir: Location, log: Callable[[str], None] = console.log) -> Study:
         """An existing run directory, for ``kdtune resume``: a path, or a URI whose kdtune
         files are first copied to a local staging folder (Tune's stay where they are)."""
         remote = str(run_dir).rstrip("/") if is_uri(run_dir) else None
@@ -519,7 +155,7 @@ class Study:
 
     def _prepare(self, address: str | None) -> None:
         """Join Ray, load the datasets (a resumed run) and resolve resources for this cluster."""
-        _init_ray(address, self.log)
+        init_ray(address, self.log)
         if self.splits is None:  # a resumed run: its datasets.parquet is already written
             self.splits = [ds.load() for ds in self.spec.datasets]
         if self.plan is None:
@@ -540,7 +176,7 @@ class Study:
                      "python": platform.python_version(),
                      "updated_at": dt.datetime.now().isoformat(timespec="seconds")}, **extra)
         meta.setdefault("created_at", meta["updated_at"])
-        _write_json_atomic(meta, path)
+        write_json_atomic(meta, path)
         self._sync()
 
     # --- stages -------------------------------------------------------------------------
@@ -550,7 +186,7 @@ class Study:
         from kdtune.trainables import train_teacher
 
         spec = self.spec
-        method = PRETRAINED[model]
+        method = methods.PRETRAINED[model]
         stage = "teachers" if model == "teacher" else "teachers-student"
         arch = spec.teacher.arch if model == "teacher" else spec.student.arch
         out, to_train = {}, []
@@ -566,21 +202,25 @@ class Study:
         if to_train:
             self.log(f"stage {stage}: training {len(to_train)} {method} model(s) "
                      f"({arch}, {spec.training.teacher_epochs} epochs)")
-            jobs = [{"dataset_index": i, "method": method, "role": "teacher",
-                     "seed": spec.teacher_seed, "teacher_id": tid,
-                     "teacher_path": str(out[i][1]),
-                     **self._cpus_gpus(method)} for i, tid in to_train]
+            jobs = [TrialJob(stage, "teacher", i, method, spec.teacher_seed, teacher_id=tid,
+                             teacher_path=str(out[i][1]), **self._cpus_gpus(method)).to_config()
+                    for i, tid in to_train]
             from ray import tune
 
-            callback = _tune_callback(self.store, spec, stage, "teacher", len(jobs), self.log)
-            _fit(train_teacher, spec, self.tune_dir, stage,
-                 {"job": tune.grid_search(jobs)}, 1, callback, plan=self.plan,
-                 data=self._data_refs)
+            callback = self._recorder(stage, "teacher", len(jobs))
+            fit_stage(train_teacher, spec, self.tune_dir, stage,
+                      {"job": tune.grid_search(jobs)}, 1, callback, plan=self.plan,
+                      data=self._data_refs)
             missing = [tid for i, tid in to_train if not exists(out[i][1])]
             if missing:
                 raise StudyError(f"teacher training failed for {', '.join(missing)}; "
                                  f"see {self.run_dir / 'trials.parquet'} (column failure)")
         return out
+
+    def _recorder(self, stage: str, role: str, expected: int | dict[str, int]) -> Recorder:
+        epoch_columns = tuple(f.name for f in EPOCH_SCHEMA if f.name not in (
+            "study", "run_id", "trial_id", "dataset", "method", "role", "seed"))
+        return Recorder(self.store, self.spec, stage, role, expected, self.log, epoch_columns)
 
     def _cpus_gpus(self, method: str) -> dict[str, float]:
         """The resolved resources a trial's config carries (threads, device) for ``method``."""
@@ -594,6 +234,7 @@ class Study:
                for r in self.store.trials):
             return  # this run trained it (and was resumed), or already recorded its reuse
         state = load_torch(path)
+        arch, _ = methods.trial_models(self.spec, method)
         self.store.finish_trial({
             "study": self.spec.study, "run_id": self.run_dir.name, "stage": stage,
             "trial_id": trial_id, "dataset": self.spec.datasets[index].label,
@@ -602,7 +243,7 @@ class Study:
             "val_acc": state.get("val_acc"), "test_acc": state.get("test_acc"),
             "epochs_run": self.spec.training.teacher_epochs,
             "epochs_budget": self.spec.training.teacher_epochs, "status": "reused",
-            "wall_s": 0.0, "teacher_id": tid, **row_columns(self.spec, method, {})})
+            "wall_s": 0.0, "teacher_id": tid, "arch": arch.label, "teacher_arch": None})
 
     def _search_part(self, index: int, method: str,
                      teachers: dict[int, tuple[str, Location]]) -> SearchPart:
@@ -621,12 +262,12 @@ class Study:
                      + (f" ({len(done)} already done)" if done else ""))
         else:
             self.log(f"stage {stage}: all {trials} trials already in the results")
-        searcher = make_searcher(spec, method, self.run_dir / "optuna" / "journal.log",
+        searcher = make_searcher(spec, method, self.run_dir / JOURNAL_FILE,
                                  stage, seed=spec.search.sampler_seed + index)
         teacher = teachers.get(index, ("", Path()))
-        constants = {"dataset_index": index, "method": method, "role": "search",
-                     "seed": spec.final.seeds[0], "teacher_id": teacher[0],
-                     "teacher_path": str(teacher[1]), **self._cpus_gpus(method)}
+        constants = TrialJob(stage, "search", index, method, spec.final.seeds[0],
+                             teacher_id=teacher[0], teacher_path=str(teacher[1]),
+                             **self._cpus_gpus(method)).to_config()
         return SearchPart(stage, searcher, remaining, constants,
                           finals=lambda: self._final_jobs(index, method, teachers))
 
@@ -639,20 +280,19 @@ class Study:
         if best is None:
             self.log(f"final: no finished search trial for {ds.label} {method}; skipped")
             return []
-        config = {k: v for k, v in json.loads(best["config_json"]).items()
-                  if k in ("alpha", "tau", "hint_layer", "beta", "lr", "augmentation", "aug_share")}
-        jobs = [config | {"dataset_index": index, "method": method, "role": "final",
-                          "stage": "final", "seed": seed,
-                          "teacher_id": teachers.get(index, ("", ""))[0],
-                          "teacher_path": str(teachers.get(index, ("", ""))[1]),
-                          "selected_from": best["trial_id"], **self._cpus_gpus(method)}
+        # the selected trial's config as it ran: json, since a row's hyperparameter columns
+        # hold the budget's effective values, which a trial did not necessarily set
+        hp = Hyperparams.from_mapping(json.loads(best["config_json"]))
+        teacher_id, path = teachers.get(index, ("", ""))
+        jobs = [TrialJob("final", "final", index, method, seed, hp, teacher_id, str(path),
+                         selected_from=best["trial_id"], **self._cpus_gpus(method))
                 for seed in spec.final.seeds
                 if not self.store.finished(role="final", dataset=ds.label, method=method,
                                            seed=seed)]
         if jobs:
             self.log(f"final {ds.label} {method}: {best['trial_id']} (val "
-                     f"{best['val_acc']:.1f}%) on seeds {[j['seed'] for j in jobs]}")
-        return jobs
+                     f"{best['val_acc']:.1f}%) on seeds {[j.seed for j in jobs]}")
+        return [j.to_config() for j in jobs]
 
     def _students(self, teachers: dict[str, dict[int, tuple[str, Location]]]) -> None:
         """Every search, and the final runs of each search's best config, in one Tuner: no
@@ -663,7 +303,7 @@ class Study:
 
         spec = self.spec
         parts = [self._search_part(index, method,
-                                   teachers.get(METHOD_INFO[method].taught_by or "", {}))
+                                   teachers.get(methods.get(method).taught_by or "", {}))
                  for index in range(len(spec.datasets)) for method in spec.methods]
         finals = sum(1 for index, ds in enumerate(spec.datasets) for method in spec.methods
                      for seed in spec.final.seeds
@@ -676,12 +316,11 @@ class Study:
         self.log(f"stage final: up to {finals} trainings (best config per dataset and method "
                  f"x seeds {spec.final.seeds}), each search's as soon as it is done")
         expected = {p.stage: p.trials for p in parts} | {"final": finals}
-        callback = _tune_callback(self.store, spec, "final", "final", expected, self.log)
-        asha = _asha(spec)
-        _fit(train_student, spec, self.tune_dir, "students", {}, searches + finals, callback,
-             searcher=StudySearcher(parts),
-             scheduler=PerStageASHA(lambda: _asha(spec)) if asha else None, plan=self.plan,
-             data=self._data_refs, teachers=self._teacher_refs)
+        callback = self._recorder("final", "final", expected)
+        fit_stage(train_student, spec, self.tune_dir, "students", {}, searches + finals,
+                  callback, searcher=StudySearcher(parts),
+                  scheduler=PerStageASHA(lambda: asha(spec)) if spec.scheduler.asha else None,
+                  plan=self.plan, data=self._data_refs, teachers=self._teacher_refs)
 
     def run(self, address: str | None = None) -> Path:
         """Run every stage not yet done; write gains and the report; return the run directory."""
@@ -697,7 +336,8 @@ class Study:
                                                    self.plan.roles.items()},
                              gpu_fit=self.plan.measured or None)
             # the spec's teacher, and a pretrained student-architecture model for self/reversed
-            teachers = {model: self._teachers(model) for model in teacher_sources(self.spec)}
+            teachers = {model: self._teachers(model)
+                        for model in methods.teacher_sources(self.spec)}
             self._teacher_refs = _put_teachers(teachers)
             self._students(teachers)
         except BaseException:
@@ -708,16 +348,16 @@ class Study:
         report = build_report(self.run_dir)
         wall = time.perf_counter() - started
         self._write_meta("finished", wall_s=round(wall, 1))
-        self.log(summary(self.store.trials, gains, wall))
+        self.log(console.summary(self.store.trials, gains, wall))
         self.log(f"report: {report}")
         return self.run_dir
 
 
 def plan_resources(spec: StudySpec, splits: list[Splits],
-                   log: Callable[[str], None] = _log) -> ResourcePlan:
+                   log: Callable[[str], None] = console.log) -> ResourcePlan:
     """Each role's resources on the connected cluster (``gpus: fit`` measures here)."""
     train_teacher = not all(exists(teacher_path(spec.storage, spec.teacher_id(ds, model)))
-                            for ds in spec.datasets for model in teacher_sources(spec))
+                            for ds in spec.datasets for model in methods.teacher_sources(spec))
     shapes = [Shape(s.channels, s.image_size, s.num_classes, splits_bytes(s)) for s in splits]
     plan = resolve(spec, roles_needed(spec, train_teacher), ClusterView.from_ray(), shapes,
                    log=log)
@@ -741,29 +381,5 @@ def _put_teachers(teachers: dict[str, dict[int, tuple[str, Location]]]) -> dict[
             for tid, path in paths.items()}
 
 
-def summary(trials: list[dict[str, Any]], gains: list[dict[str, Any]], wall_s: float) -> str:
-    counts: dict[str, int] = {}
-    for r in trials:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    lines = [f"done in {wall_s:.0f}s: {len(trials)} trials ("
-             + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")"]
-    for g in gains:
-        if g["method"] == "scratch" or not g.get("baseline"):
-            lines.append(f"  {g['dataset']:<16} {g['method']:<8} test {g['test_acc_mean']:.2f}% "
-                         f"over {g['n_seeds']} seeds")
-        else:
-            vs = "" if g["baseline"] == "scratch" else f" vs {g['baseline']}"
-            lines.append(f"  {g['dataset']:<16} {g['method']:<8} test {g['test_acc_mean']:.2f}%"
-                         f"  gain {g['gain_pts']:+.2f} pts  95% CI [{g['gain_ci_low']:+.2f}, "
-                         f"{g['gain_ci_high']:+.2f}]{vs}")
-        if g.get("omitted_class_acc_mean") is not None:
-            lines[-1] += f"  (class {g['omitted_class']}: {g['omitted_class_acc_mean']:.1f}%)"
-    return "\n".join(lines)
-
-
 def load_trials(run_dir: Path) -> list[dict[str, Any]]:
-    return read_rows(Path(run_dir) / "trials.parquet")
-
-
-__all__ = ["Study", "StorageError", "StudyError", "DatasetUnavailable", "resolve_paths",
-           "summary"]
+    return read_rows(Path(run_dir) / TRIALS_FILE)

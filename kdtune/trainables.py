@@ -1,15 +1,15 @@
 """Ray Tune function trainables: teacher pretraining, scratch baseline, student distillation.
 
-Each is a plain ``fn(config, study)`` that builds its job from the config, runs the bare training
-loop of :mod:`kdtune.engine`, and reports validation accuracy plus a checkpoint every epoch
+Each is a plain ``fn(config, spec)`` that reads its :class:`~kdtune.job.TrialJob` from the
+config, builds the trial (:func:`kdtune.trial.build_trial`), runs the bare training loop of
+:mod:`kdtune.engine`, and reports validation accuracy plus a checkpoint every epoch
 (``tune.report``). A trial restarted by Tune resumes from its last checkpoint. The last report
 of a trial also carries its test accuracy, measured once training ends: it is recorded, never
 used to choose anything.
 
-Which model a trial trains and which pretrained model teaches it come from
-:mod:`kdtune.methods`. With augmentation off, the teacher's outputs on the whole training split
-are computed once per worker process and shared by every trial that has the same teacher,
-dataset and transfer set (``_TEACHER_OUTPUTS``).
+With augmentation off, the teacher's outputs on the whole training split are computed once per
+worker process and shared by every trial that has the same teacher, dataset and transfer set
+(``_TEACHER_OUTPUTS``).
 """
 
 from __future__ import annotations
@@ -23,22 +23,23 @@ from typing import Any
 
 import torch
 
-from kdtune.data import Splits
-from kdtune.distill import Distiller, Scratch, WithTeacher, build_distiller
+from kdtune import methods
+from kdtune.data import Splits, omit_class
+from kdtune.distill import Distiller
 from kdtune.engine import (
     Budget,
     TrainingDiverged,
     class_accuracies,
     evaluate,
-    make_optimizer,
     pick_device,
     train_epochs,
 )
-from kdtune.methods import accuracy_json, omit_class, trial_models
+from kdtune.job import TrialJob
 from kdtune.models import build_model
 from kdtune.spec import DatasetSpec, ModelSpec, StudySpec
 from kdtune.storage import Location, as_location, join, load_torch, save_torch, version
 from kdtune.teacher_outputs import CachedTeacher, feature_bytes, precompute
+from kdtune.trial import Trial, build_trial
 
 _SPLITS_CACHE: dict[tuple[str, str], Splits] = {}
 _TEACHER_CACHE: dict[tuple[str, str], torch.nn.Module] = {}
@@ -125,7 +126,7 @@ def student_splits(spec: StudySpec, dataset: DatasetSpec, device: torch.device,
 def use_cached_teacher(distiller: Distiller, splits: Splits, key: tuple, budget: Budget) -> str:
     """Serve ``distiller``'s teacher outputs from a per-process cache when that is exact and
     fits; returns ``cached`` or ``live`` (reported with the trial's metrics)."""
-    if not isinstance(distiller, WithTeacher) or budget.augmentation != "none":
+    if distiller.live_teacher is None or budget.augmentation != "none":
         return "live"  # augmented images are new every epoch: the teacher must see them
     key = key + (distiller.teacher_taps,)
     if key not in _TEACHER_OUTPUTS:
@@ -139,16 +140,6 @@ def use_cached_teacher(distiller: Distiller, splits: Splits, key: tuple, budget:
     return "cached"
 
 
-def _budget(spec: StudySpec, epochs: int, config: dict[str, Any]) -> Budget:
-    t = spec.training
-    # a search may set the student's lr, augmentation policy and augmented share per trial
-    return Budget(epochs=epochs, batch_size=t.batch_size, optimizer=t.optimizer,
-                  lr=float(config.get("lr", t.lr)), momentum=t.momentum,
-                  weight_decay=t.weight_decay,
-                  augmentation=str(config.get("augmentation", t.augmentation)),
-                  aug_share=float(config.get("aug_share", t.aug_share)), amp=t.amp)
-
-
 def _node_id() -> str:
     try:
         import ray
@@ -156,12 +147,6 @@ def _node_id() -> str:
         return ray.get_runtime_context().get_node_id()
     except Exception:  # noqa: BLE001 - outside Ray (tests) there is no node
         return "local"
-
-
-def flat_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A trial's config with a grid-searched ``job`` dict merged into the top level."""
-    job = config.get("job")
-    return {k: v for k, v in config.items() if k != "job"} | (job or {})
 
 
 def _inject_fault(config: dict[str, Any], epoch: int) -> None:
@@ -190,76 +175,60 @@ def _inject_fault(config: dict[str, Any], epoch: int) -> None:
         os._exit(137)
 
 
-def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool,
-         data: list[Any] | None = None, teachers: dict[str, Any] | None = None) -> None:
+def accuracy_json(values: dict[Any, float]) -> str:
+    return json.dumps({str(k): round(float(v), 4) for k, v in values.items()})
+
+
+def _trial_splits(spec: StudySpec, job: TrialJob, device: torch.device,
+                  data: list[Any] | None) -> Splits:
+    """Pretrained models see every class; students see the transfer set (omit-one-class)."""
+    dataset = spec.datasets[job.dataset_index]
+    ref = data[job.dataset_index] if data else None
+    if job.role == "teacher":
+        return dataset_splits(dataset, device, ref)
+    return student_splits(spec, dataset, device, ref)
+
+
+def _run(config: dict[str, Any], spec: StudySpec, *, data: list[Any] | None = None,
+         teachers: dict[str, Any] | None = None) -> None:
     from ray import tune
 
-    config = flat_config(config)
+    job = TrialJob.from_config(config)
     started = time.perf_counter()
-    torch.set_num_threads(max(1, int(config.get("cpus", 1))))
-    device = pick_device(float(config.get("gpus", 0)))
-    index = int(config["dataset_index"])
-    dataset = spec.datasets[index]
-    data_ref = data[index] if data else None
-    # pretrained models see every class; students see the transfer set (omit-one-class)
-    splits = (dataset_splits(dataset, device, data_ref) if is_teacher
-              else student_splits(spec, dataset, device, data_ref))
-    seed = int(config["seed"])
-    method = config["method"]
-    # the model trained (the teacher architecture for `reversed`) and the one teaching it
-    arch, teacher_arch = trial_models(spec, method)
-    epochs = spec.training.teacher_epochs if is_teacher else spec.training.student_epochs
-    budget = _budget(spec, epochs, config)
-    teacher = None
-    if not is_teacher and teacher_arch is not None:
-        # loaded before seeding: building it (first time in this worker) draws random numbers,
-        # which would otherwise shift the student's initialisation from worker to worker
-        path = as_location(config["teacher_path"])
-        teacher_ref = (teachers or {}).get(config["teacher_id"])
+    torch.set_num_threads(max(1, int(job.cpus)))
+    device = pick_device(job.gpus)
+    splits = _trial_splits(spec, job, device, data)
+    teacher = cache = None
+    _, teacher_arch = methods.trial_models(spec, job.method)
+    if job.role != "teacher" and teacher_arch is not None:
+        # loaded before the trial is built and seeded: building it (first time in this worker)
+        # draws random numbers, which would otherwise shift the student's initialisation
+        path = as_location(job.teacher_path)
+        teacher_ref = (teachers or {}).get(job.teacher_id)
         teacher = load_teacher(spec, path, splits, device, teacher_arch, teacher_ref)
-    torch.manual_seed(seed)
-    model = build_model(arch.arch, splits.channels, splits.num_classes, splits.image_size,
-                        arch.options).to(device)
-    teacher_outputs = "none"
-    if teacher is None or teacher_arch is None:
-        distiller: Distiller = Scratch(model)
-    else:
-        distiller = build_distiller(method, model, teacher, config, student_arch=arch.arch,
-                                    teacher_arch=teacher_arch.arch,
-                                    example=splits.train_x[:2].float().to(device),
-                                    num_classes=splits.num_classes).to(device)
-        teacher_outputs = use_cached_teacher(
-            distiller, splits, (teacher_key(path, teacher_ref), dataset.model_dump_json(),
-                                spec.distillation.omit_class, str(device)), budget)
-    optimizer = make_optimizer([p for p in distiller.parameters() if p.requires_grad], budget)
-    start_epoch, generator_state = 0, None
-    checkpoint = previous = tune.get_checkpoint()
-    if checkpoint is not None:  # a retried or resumed trial continues where it stopped
-        with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / "state.pt", map_location=device, weights_only=True)
-        distiller.load_state_dict(state["distiller"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, generator_state = int(state["epoch"]), state["generator"]
+        key = (teacher_key(path, teacher_ref), spec.datasets[job.dataset_index].model_dump_json(),
+               spec.distillation.omit_class, str(device))
+
+        def cache(distiller: Distiller, budget: Budget) -> str:
+            return use_cached_teacher(distiller, splits, key, budget)
+
+    trial = build_trial(spec, job, splits, device, teacher, cache)
+    start_epoch, generator_state = _restore(trial, device)
+    previous = tune.get_checkpoint()
     node_id = _node_id()
     _inject_fault(config, start_epoch)  # epoch 0: before any training
     try:
-        for report in train_epochs(distiller, splits, budget, seed=seed, start_epoch=start_epoch,
-                                   optimizer=optimizer, generator_state=generator_state):
+        for report in train_epochs(trial.distiller, splits, trial.budget, seed=job.seed,
+                                   start_epoch=start_epoch, optimizer=trial.optimizer,
+                                   generator_state=generator_state):
             _inject_fault(config, report.epoch)
             metrics = report.metrics() | {"node_id": node_id,
                                           "wall_s": time.perf_counter() - started,
-                                          "teacher_outputs": teacher_outputs}
-            if report.epoch == budget.epochs:
-                metrics["test_acc"] = evaluate(distiller.predictor, splits.test_x, splits.test_y,
-                                               splits, amp=budget.amp)
-                if not is_teacher:
-                    metrics.update(_class_and_exit_metrics(spec, distiller, splits, budget))
-                if is_teacher:
-                    save_torch({"model": model.state_dict(), "val_acc": report.val_acc,
-                                "test_acc": metrics["test_acc"]},
-                               as_location(config["teacher_path"]))
+                                          "teacher_outputs": trial.teacher_outputs}
+            if report.epoch == trial.budget.epochs:
+                metrics |= _final_metrics(spec, trial, splits, report.val_acc)
             with tempfile.TemporaryDirectory() as folder:
-                torch.save({"distiller": distiller.state_dict(),
+                torch.save({"distiller": trial.distiller.state_dict(),
                             "optimizer": report.optimizer.state_dict(),
                             "generator": report.generator_state, "epoch": report.epoch},
                            Path(folder) / "state.pt")
@@ -270,6 +239,36 @@ def _run(config: dict[str, Any], spec: StudySpec, *, is_teacher: bool,
         # should learn that this corner of the space is bad (val_acc 0)
         tune.report({"val_acc": 0.0, "diverged": 1, "failure": str(error), "node_id": node_id,
                      "wall_s": time.perf_counter() - started})
+
+
+def _restore(trial: Trial, device: torch.device) -> tuple[int, torch.Tensor | None]:
+    """A retried or resumed trial continues where it stopped: (first epoch, batch generator
+    state) from its last checkpoint, or (0, None)."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return 0, None
+    with checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / "state.pt", map_location=device, weights_only=True)
+    trial.distiller.load_state_dict(state["distiller"])
+    trial.optimizer.load_state_dict(state["optimizer"])
+    return int(state["epoch"]), state["generator"]
+
+
+def _final_metrics(spec: StudySpec, trial: Trial, splits: Splits,
+                   val_acc: float) -> dict[str, Any]:
+    """What the last epoch adds: test accuracy (measured once, never used to choose), per-class
+    and per-exit accuracies for students; a teacher is saved to the teacher store."""
+    d, budget = trial.distiller, trial.budget
+    out: dict[str, Any] = {"test_acc": evaluate(d.predictor, splits.test_x, splits.test_y,
+                                                splits, amp=budget.amp)}
+    if trial.job.role == "teacher":
+        save_torch({"model": trial.model.state_dict(), "val_acc": val_acc,
+                    "test_acc": out["test_acc"]}, as_location(trial.job.teacher_path))
+    else:
+        out |= _class_and_exit_metrics(spec, d, splits, budget)
+    return out
 
 
 def drop_previous(previous: Any, latest: Any) -> Any:
@@ -311,7 +310,7 @@ def train_teacher(config: dict[str, Any], spec: StudySpec, data: list[Any] | Non
 
     ``data``: object refs of the datasets' splits (``tune.with_parameters``), by dataset index.
     """
-    _run(config, spec, is_teacher=True, data=data)
+    _run(config, spec, data=data)
 
 
 def train_student(config: dict[str, Any], spec: StudySpec, data: list[Any] | None = None,
@@ -321,5 +320,5 @@ def train_student(config: dict[str, Any], spec: StudySpec, data: list[Any] | Non
     ``data`` as for :func:`train_teacher`; ``teachers``: object refs of the teachers' weights by
     teacher id (absent outside Ray: the teacher is read from its file).
     """
-    _run(config, spec, is_teacher=False, data=data, teachers=teachers)
+    _run(config, spec, data=data, teachers=teachers)
 

@@ -149,7 +149,7 @@ def test_object_storage_uri_on_two_nodes(two_nodes, tiny_spec_dict, write_spec, 
 CHECK_URI = """
 import sys, ray
 from kdtune.cluster import check_shared_storage
-from kdtune.study import StorageError
+from kdtune.storage import StorageError
 ray.init(address=sys.argv[1], logging_level="ERROR")
 try:
     print("nodes", check_shared_storage(sys.argv[2]))

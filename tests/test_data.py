@@ -1,4 +1,5 @@
-"""Datasets, splits and batched augmentation."""
+"""Datasets by name: splits (the paper's sizes, stratified, deterministic), subsampling, image
+folders, IDX files, and clear errors (no network)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,18 @@ import struct
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from kdtune import data
+from kdtune.cli import main
 from kdtune.data import (
-    PAPER_SPLIT,
+    DatasetError,
     DatasetUnavailable,
-    augment,
     load_splits,
     read_idx,
     split_indices,
 )
+from kdtune.sources import PAPER_SPLIT, SOURCES, paper_fractions
 
 
 def test_paper_split_proportions_and_determinism():
@@ -39,23 +43,6 @@ def test_digits_splits_are_uint8_and_stratified():
     small = load_splits("digits", max_train=200)
     assert len(small.train_y) == 200
     assert torch.equal(small.test_x, splits.test_x)  # subsampling never touches val/test
-
-
-@pytest.mark.parametrize("policy", ["none", "paper", "crop_flip"])
-def test_augmentation_keeps_shape_and_is_deterministic(policy):
-    x = torch.rand(16, 3, 12, 12)
-    a = augment(x, policy, torch.Generator().manual_seed(0))
-    b = augment(x, policy, torch.Generator().manual_seed(0))
-    assert a.shape == x.shape and torch.equal(a, b)
-    if policy != "none":
-        assert not torch.equal(a, x)
-
-
-def test_augmentation_share_leaves_the_rest_untouched():
-    x = torch.rand(200, 1, 8, 8)
-    out = augment(x, "crop_flip", torch.Generator().manual_seed(0), share=0.25)
-    unchanged = sum(torch.equal(out[i], x[i]) for i in range(len(x)))
-    assert 120 <= unchanged <= 180
 
 
 def _write_idx(path, array: np.ndarray) -> None:
@@ -83,31 +70,115 @@ def test_missing_dataset_says_how_to_get_it(tmp_path):
         load_splits("mnist", data_dir=tmp_path)
 
 
-def test_paper_policy_is_rotation_then_flips_and_crop_is_a_zero_padded_shift():
-    from kdtune.data import _pad_crop, _rotate_flip
+def _fake_idx_folder(folder, n_train=120, n_test=40, seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return folder
 
-    x = torch.rand(64, 2, 9, 9)
-    # with no rotation, every image comes out as itself flipped in some way
-    out = _rotate_flip(x, 0.0, torch.Generator().manual_seed(0))
-    kinds = set()
-    for i in range(len(x)):
-        for kind, dims in (("id", ()), ("h", (2,)), ("v", (1,)), ("hv", (1, 2))):
-            if torch.allclose(out[i], x[i].flip(dims) if dims else x[i], atol=1e-5):
-                kinds.add(kind)
-                break
-        else:
-            raise AssertionError(f"image {i} is not a flip of its input")
-    assert kinds == {"id", "h", "v", "hv"}
-    # pad-crop: each output is the input shifted by at most 4 pixels, zeros shifted in
-    img = torch.arange(1, 82, dtype=torch.float32).view(1, 1, 9, 9).repeat(32, 1, 1, 1)
-    crops = _pad_crop(img, 4, torch.Generator().manual_seed(1))
-    for crop in crops:
-        nonzero = crop[0] > 0
-        r0, c0 = (int(v) for v in nonzero.nonzero()[0])
-        value = int(crop[0, r0, c0]) - 1  # the top-left input pixel still visible
-        dy, dx = r0 - value // 9, c0 - value % 9
-        assert abs(dy) <= 4 and abs(dx) <= 4
-        shifted = torch.zeros(9, 9)
-        src = img[0, 0, max(0, -dy):9 - max(0, dy), max(0, -dx):9 - max(0, dx)]
-        shifted[max(0, dy):max(0, dy) + src.shape[0], max(0, dx):max(0, dx) + src.shape[1]] = src
-        assert torch.equal(crop[0], shifted)
+
+@pytest.mark.parametrize("name", sorted(n for n, s in SOURCES.items() if s.paper_sizes))
+def test_paper_split_gives_the_core_study_sizes_exactly(name):
+    sizes = SOURCES[name].paper_sizes
+    # a balanced stand-in pool of the real size: 10 classes (100 for CIFAR-100)
+    classes = 100 if name == "cifar100" else 10
+    labels = np.arange(sum(sizes)) % classes
+    parts = split_indices(labels, paper_fractions(name), seed=3)
+    assert tuple(len(p) for p in parts) == sizes
+    # stratified: every class has its proportional share of the test split
+    counts = np.bincount(labels[parts[2]], minlength=classes)
+    assert counts.max() - counts.min() <= 1
+
+
+def test_debian_fashion_mnist_is_found_without_download(tmp_path, monkeypatch):
+    # Debian's dataset-fashion-mnist layout: gzip IDX files directly in one folder
+    debian = _fake_idx_folder(tmp_path / "usr-share-datasets-fashion-mnist")
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", debian)
+    splits = load_splits("fashion_mnist", download=False)
+    assert splits.train_x.shape[1:] == (1, 28, 28)
+    assert sum(splits.sizes().values()) == 160
+    # the same proportions as the core study's 60,000 / 7,000 / 3,000
+    assert splits.sizes()["test"] == round(160 * 3_000 / 70_000)
+
+
+def test_missing_fashion_mnist_names_the_debian_package(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    with pytest.raises(DatasetUnavailable) as info:
+        load_splits("fashion_mnist", data_dir=tmp_path)
+    message = str(info.value)
+    assert "apt-get install dataset-fashion-mnist" in message and "--download" in message
+    assert "--data-dir" in message and "\n" not in message
+
+
+def test_cli_run_with_a_missing_dataset_exits_2_with_one_line(tiny_spec_dict, write_spec,
+                                                               tmp_path, capsys):
+    tiny_spec_dict["datasets"] = [{"name": "mnist", "data_dir": str(tmp_path / "none")}]
+    storage = tmp_path / "storage"
+    assert main(["run", str(write_spec(tiny_spec_dict)), "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kdtune: error: dataset 'MNIST' not found") and "\n" not in err
+    assert "--download" in err and "--data-dir" in err
+    assert not any(p.name.startswith("tiny-") for p in storage.iterdir())  # no run dir made
+
+
+def _image_folder(root, classes=("cat", "dog", "eel"), per_class=6, size=(10, 12),
+                  mode="RGB"):
+    rng = np.random.default_rng(0)
+    for index, cls in enumerate(classes):
+        folder = root / cls
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+            pixels = rng.integers(0, 60, shape) + 60 * index  # classes differ in brightness
+            Image.fromarray(pixels.astype(np.uint8), mode).save(folder / f"{i}.png")
+    return root
+
+
+def test_image_folder_loads_classes_in_sorted_order(tmp_path):
+    root = _image_folder(tmp_path / "pets")
+    (root / "cat" / "notes.txt").write_text("not an image, ignored")
+    # one odd-sized image is resized to the common size
+    Image.new("RGB", (20, 20), (1, 2, 3)).save(root / "dog" / "big.jpg")
+    splits = load_splits("imagefolder", path=root, fractions=(0.5, 0.25, 0.25))
+    assert splits.num_classes == 3 and splits.channels == 3
+    assert splits.train_x.shape[2:] == (12, 10)  # (height, width) of the common size
+    assert sum(splits.sizes().values()) == 19
+    x = torch.cat([splits.train_x, splits.val_x, splits.test_x]).float().mean(dim=(1, 2, 3))
+    y = torch.cat([splits.train_y, splits.val_y, splits.test_y])
+    # cat (label 0) is the darkest, eel (label 2) the brightest: labels follow sorted names
+    means = [float(x[y == k].mean()) for k in range(3)]
+    assert means[0] < means[1] < means[2]
+
+
+def test_grey_image_folder_has_one_channel(tmp_path):
+    splits = load_splits("imagefolder", path=_image_folder(tmp_path / "g", mode="L"),
+                         fractions=(0.5, 0.25, 0.25))
+    assert splits.channels == 1
+
+
+@pytest.mark.parametrize("breakage,expected", [
+    ("empty", "class folder 'dog' holds no images"),
+    ("unreadable", "cannot read image dog/broken.png"),
+    ("single", "only one class folder ('cat')"),
+])
+def test_bad_image_folder_gives_a_clear_error_naming_it(tmp_path, breakage, expected):
+    root = tmp_path / "mine"
+    if breakage == "single":
+        _image_folder(root, classes=("cat",))
+    else:
+        _image_folder(root, classes=("cat", "eel"))
+        (root / "dog").mkdir()
+        if breakage == "unreadable":
+            (root / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(DatasetError) as info:
+        load_splits("imagefolder", path=root)
+    assert str(root) in str(info.value) and expected in str(info.value)
+
+
+def test_cli_complexity_of_a_bad_image_folder_exits_2(tmp_path, capsys):
+    (tmp_path / "solo" / "only").mkdir(parents=True)
+    assert main(["complexity", "imagefolder", "--path", str(tmp_path / "solo")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "solo" in err and "at least two" in err and "\n" not in err

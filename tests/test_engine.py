@@ -7,9 +7,14 @@ import copy
 import torch
 
 from kdtune.data import load_splits
-from kdtune.distill import Scratch, build_distiller
 from kdtune.engine import Budget, evaluate, train_epochs
 from kdtune.models import build_model
+from kdtune.trial import build_distiller
+
+
+def _scratch(model):
+    return build_distiller("scratch", model, None, {}, student_arch="small_cnn",
+                           example=torch.zeros(2, 1, 8, 8))
 
 
 def _splits():
@@ -20,7 +25,7 @@ def test_each_method_learns_on_tiny_data():
     torch.manual_seed(0)
     splits = _splits()
     teacher = build_model("small_cnn", 1, 10, 8, {"widths": [16, 32]})
-    list(train_epochs(Scratch(teacher), splits, Budget(epochs=8, batch_size=32, lr=0.1),
+    list(train_epochs(_scratch(teacher), splits, Budget(epochs=8, batch_size=32, lr=0.1),
                       seed=0))
     teacher_acc = evaluate(teacher, splits.val_x, splits.val_y, splits)
     assert teacher_acc > 50  # chance is 10%
@@ -43,7 +48,7 @@ def test_resume_from_checkpoint_state_matches_uninterrupted_run():
 
     def fresh():
         torch.manual_seed(1)
-        return Scratch(build_model("small_cnn", 1, 10, 8, {"widths": [4, 8]}))
+        return _scratch(build_model("small_cnn", 1, 10, 8, {"widths": [4, 8]}))
 
     straight = fresh()
     full = list(train_epochs(straight, splits, budget, seed=3))

@@ -8,19 +8,14 @@ import math
 import pytest
 import torch
 
+from kdtune import methods
 from kdtune.data import load_splits
-from kdtune.distill import (
-    AT,
-    MSKD,
-    aligned_pairs,
-    at_loss,
-    attention_map,
-    build_distiller,
-    mskd_active_exits,
-)
 from kdtune.engine import Budget, train_epochs
+from kdtune.losses import aligned_pairs, at_loss, attention_map
+from kdtune.methods.mskd import active_exits as mskd_active_exits
 from kdtune.models import build_model
 from kdtune.teacher_outputs import CachedTeacher, LiveTeacher, precompute
+from kdtune.trial import build_distiller
 
 CONFIG = {"alpha": 0.5, "tau": 4.0, "beta": 1.0, "hint_layer": "stage2"}
 
@@ -61,14 +56,14 @@ def test_at_weights_beta_over_two_per_aligned_pair():
     assert aligned_pairs(("stage1", "stage2"), ("layer1", "layer2", "layer3")) == [
         ("stage1", "layer2"), ("stage2", "layer3")]
     x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
-    at = AT(student, teacher, student_arch="resnet8", teacher_arch="small_cnn", alpha=0.3,
-            tau=2.0, beta=6.0).eval()
+    at = build_distiller("at", student, teacher, {"alpha": 0.3, "tau": 2.0, "beta": 6.0},
+                         student_arch="resnet8", teacher_arch="small_cnn", example=x).eval()
     with torch.no_grad():
         _, losses = at(x, y)
     assert set(losses) == {"ce", "kd", "at"}
     t_out = LiveTeacher(teacher, "small_cnn", ("stage1", "stage2"))(x)
     with torch.no_grad():
-        s_out = at.tapped_student(x)
+        s_out = at.extra["tapped"](x)
     expected = 3.0 * (at_loss(s_out["layer2"], t_out["stage1"])
                       + at_loss(s_out["layer3"], t_out["stage2"]))
     assert float(losses["at"]) == pytest.approx(float(expected), rel=1e-5)
@@ -78,21 +73,22 @@ def _pair(method: str):
     """(trained model, its teacher, trained arch, teacher arch) as the trainable picks them."""
     small = ("small_cnn", {"widths": [8, 16]})
     large = ("small_cnn", {"widths": [16, 32]})
-    trained, teacher = {"reversed": (large, small), "reversed_scratch": (large, None),
-                        "self": (small, small)}.get(method, (small, large))
+    arch = {"student": small, "teacher": large}  # the spec's two architectures
+    info = methods.get(method)
+    trained, teacher = arch[info.trains], (arch[info.taught_by] if info.taught_by else None)
     torch.manual_seed(1)
     build = lambda a: build_model(a[0], 1, 10, 8, a[1])  # noqa: E731
     return build(trained), (build(teacher) if teacher else None), trained[0], (teacher or
                                                                               large)[0]
 
 
-@pytest.mark.parametrize("method", ["scratch", "rkd", "ikd", "at", "self", "reversed",
-                                    "reversed_scratch", "mskd"])
+@pytest.mark.parametrize("method", methods.names())
 def test_each_method_loss_falls_in_a_few_steps(method):
     splits = load_splits("digits", max_train=128)
     x = (splits.train_x.float() / 255 - splits.mean[0]) / splits.std[0]
     y = splits.train_y
     model, teacher, arch, teacher_arch = _pair(method)
+    augmented = torch.rand(len(y), generator=torch.Generator().manual_seed(0)) < 0.5
     distiller = build_distiller(method, model, teacher, CONFIG, student_arch=arch,
                                 teacher_arch=teacher_arch, example=x[:2], num_classes=10)
     distiller.begin_epoch(9, 10)  # MSKD: the last phase, every exit trains
@@ -101,8 +97,9 @@ def test_each_method_loss_falls_in_a_few_steps(method):
                                 momentum=0.9)
     totals = []
     for _ in range(25):
-        logits, losses = distiller(x, y)
+        logits, losses = distiller(x, y, None, augmented)
         assert logits.shape == (len(y), 10)
+        assert set(losses) == set(methods.get(method).loss_names)
         loss = sum(losses.values())
         totals.append(float(loss.detach()))
         optimizer.zero_grad()
@@ -126,14 +123,15 @@ def test_mskd_trains_only_active_exits_and_predicts_with_the_ensemble():
     teacher = build_model("small_cnn", 1, 10, 8, {"widths": [8, 16]})
     student = build_model("resnet8", 1, 10, 8)
     x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 10, (6,))
-    mskd = MSKD(student, teacher, student_arch="resnet8", alpha=0.5, tau=2.0, num_classes=10,
-                example=x)
+    mskd = build_distiller("mskd", student, teacher, {"alpha": 0.5, "tau": 2.0},
+                           student_arch="resnet8", teacher_arch="small_cnn", example=x,
+                           num_classes=10)
     assert mskd.n_exits == 3
     mskd.begin_epoch(0, 10)
     _, losses = mskd(x, y)
     sum(losses.values()).backward()
     assert student.fc.weight.grad is None  # only the first exit trains in phase 1
-    assert mskd.multi_exit.heads[0][2].weight.grad is not None
+    assert mskd.extra["multi_exit"].heads[0][2].weight.grad is not None
     exits = mskd.exit_models()
     assert list(exits) == ["exit1", "exit2", "exit3", "ensemble"]
     mskd.eval()

@@ -10,16 +10,9 @@ import torch
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from kdtune.cli import main
-from kdtune.distill import HintRegressor
-from kdtune.models import (
-    ARCHS,
-    MultiExit,
-    arch_taps,
-    build_model,
-    count_flops,
-    count_parameters,
-    model_taps,
-)
+from kdtune.losses import HintRegressor
+from kdtune.models import ARCHS, arch_taps, build_model
+from kdtune.models.taps import MultiExit, count_flops, count_parameters, model_taps
 
 # small inputs keep the ResNet-50 forward cheap; 16 px still leaves layer4 a 2x2 map
 IMAGE_SIZE, CHANNELS, CLASSES = 16, 3, 10

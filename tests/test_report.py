@@ -18,8 +18,8 @@ from kdtune.cli import main
 from kdtune.report import ReportError, build_report
 from kdtune.report.data import compute_summary, load_run
 from kdtune.report.surface import fit_surface
-from kdtune.report.synthetic import write_synthetic_run
 from kdtune.results import compute_gains
+from tests.synthetic import write_synthetic_run
 
 XSS = "<img src=x onerror=alert(1)>"
 TWO = [{"dataset": "mnist", "name": "mnist", "complexity_score": 0.2},
@@ -226,13 +226,13 @@ def test_a_bare_run_directory_still_reports_and_new_columns_show(tmp_path):
     for name in ("epochs.parquet", "datasets.parquet", "run.json", "spec.yaml"):
         (run / name).unlink()
     table = pq.read_table(run / "trials.parquet")
-    table = table.append_column("aug_share", pa.array([0.5] * table.num_rows))
+    table = table.append_column("a_newer_column", pa.array([0.5] * table.num_rows))
     pq.write_table(table, run / "trials.parquet")
     page = build_report(run).read_text()
     assert (run / "report.html").exists()
     for said in ("No spec.yaml", "No datasets.parquet", "hardware unknown", "No epoch rows"):
         assert said in page
-    assert "<th>aug_share</th>" in page
+    assert "<th>a_newer_column</th>" in page
     with pytest.raises(ReportError):
         build_report(tmp_path / "nothing-here")
 
@@ -259,3 +259,24 @@ def test_tied_trials_give_a_note_not_equal_importances():
             distributions={"alpha": FloatDistribution(0, 1), "tau": FloatDistribution(1, 10)}))
     imp = _importance(study, "Optuna journal")
     assert imp.values is None and "too few for PED-ANOVA" in imp.note
+
+
+def test_a_baseline_is_never_the_best_distilled_method_nor_gets_a_gain_table(tmp_path):
+    run = write_synthetic_run(tmp_path / "run", datasets=TWO, search_trials=4,
+                              methods=("scratch", "reversed_scratch", "reversed", "rkd"))
+    table = pq.read_table(run / "trials.parquet")
+    rows = table.to_pylist()
+    for r in rows:  # the reversed baseline is the most accurate model of every dataset
+        if r["method"] == "reversed_scratch" and r["val_acc"] is not None:
+            r["val_acc"], r["test_acc"] = r["val_acc"] + 30.0, r["test_acc"] + 30.0
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), run / "trials.parquet")
+    page = build_report(run).read_text()
+    assert "student versus reversed_scratch" not in page
+    assert "reversed_scratch student versus reversed" in page  # reversed's own baseline
+    assert "scratch student versus rkd" in page
+    for fig in by_title(page, "learning curves"):
+        names = [t.get("name") or "" for t in fig["data"]]
+        best = [n for n in names if "(best distilled)" in n]
+        assert best and not any(n.startswith("reversed_scratch") for n in best)
+    answer = page.split("id='answer'")[1].split("</div>")[0]
+    assert "reversed_scratch</b>" not in answer

@@ -11,7 +11,6 @@ from __future__ import annotations
 import pytest
 
 from kdtune.report import build_report
-from kdtune.report.synthetic import write_synthetic_run
 from tests._browser import (
     REPORT_PROBE,
     REPORT_READY,
@@ -20,6 +19,7 @@ from tests._browser import (
     open_page,
     sort_probe,
 )
+from tests.synthetic import write_synthetic_run
 
 pytestmark = pytest.mark.skipif(find_chromium() is None,
                                 reason="no chromium installed (.ci/run installs Debian's)")

@@ -7,13 +7,8 @@ import math
 import pyarrow.parquet as pq
 import pytest
 
-from kdtune.results import (
-    TRIAL_SCHEMA,
-    best_search_trial,
-    compute_gains,
-    mean_ci,
-    write_table_atomic,
-)
+from kdtune.results import best_search_trial, compute_gains, mean_ci
+from kdtune.rundir import TRIAL_SCHEMA, write_table_atomic
 
 
 def _row(method, seed, test, val=90.0, role="final", **kw):

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from kdtune.cli import main
-from kdtune.results import TRIAL_SCHEMA, write_table_atomic
+from kdtune.rundir import TRIAL_SCHEMA, write_table_atomic
 from tests.conftest import TINY_SPEC
 
 # ----------------------------------------------------------------------------- spec fuzzing
@@ -120,10 +120,10 @@ def test_full_storage_is_refused_before_anything(tiny_spec_dict, write_spec, tmp
                                                  monkeypatch):
     import shutil
 
-    from kdtune import study
+    from kdtune import preflight
 
     real = shutil.disk_usage
-    monkeypatch.setattr(study.shutil, "disk_usage",
+    monkeypatch.setattr(preflight.shutil, "disk_usage",
                         lambda p: real(p)._replace(free=5 * 2**20))
     storage = tmp_path / "runs"
     assert main(["run", str(write_spec(tiny_spec_dict)), "--storage", str(storage)]) == 2
@@ -145,7 +145,7 @@ def test_missing_dataset_is_one_line_exit_2(tiny_spec_dict, write_spec, tmp_path
 WRITER = """
 import sys
 from pathlib import Path
-from kdtune.results import TRIAL_SCHEMA, write_table_atomic
+from kdtune.rundir import TRIAL_SCHEMA, write_table_atomic
 path = Path(sys.argv[1])
 n = 0
 while True:
@@ -169,7 +169,7 @@ def test_killed_mid_write_leaves_a_readable_file(tmp_path):
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
-    import kdtune.results as results
+    import kdtune.rundir as rundir
 
     path = tmp_path / "trials.parquet"
     write_table_atomic([{"trial_id": "a", "status": "finished"}], TRIAL_SCHEMA, path)
@@ -178,7 +178,7 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
         Path(where).write_bytes(b"PAR1 half")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(results.pq, "write_table", broken)
+    monkeypatch.setattr(rundir.pq, "write_table", broken)
     with pytest.raises(OSError):
         write_table_atomic([{"trial_id": "b"}], TRIAL_SCHEMA, path)
     assert pq.read_table(path).to_pylist()[0]["trial_id"] == "a"

@@ -42,8 +42,8 @@ def test_checkpoints_load_weights_only_and_specs_load_safely():
 
 PROBE = """
 import os, subprocess, time, threading
-from kdtune.study import _init_ray
-_init_ray(None, lambda m: None)
+from kdtune.session import init_ray
+init_ray(None, lambda m: None)
 from ray import tune
 
 def trial(config):

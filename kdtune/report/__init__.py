@@ -20,8 +20,7 @@ from pathlib import Path
 from kdtune.report import figures, sections
 from kdtune.report.data import ReportError, Run, load_run
 from kdtune.report.html import CSS, SORT_JS, esc, figure_div, note, plotly_head
-
-REPORT_FILE = "report.html"
+from kdtune.rundir import REPORT_FILE, write_text_atomic
 
 __all__ = ["REPORT_FILE", "ReportError", "build_report", "load_runs", "render"]
 
@@ -110,9 +109,8 @@ def render(runs: list[Run]) -> str:
         return "\n".join(o for o in out if o) or note("No epoch rows: no curves.")
 
     def tables(run: Run) -> str:
-        methods = [m for m in run.methods() if m != "scratch"]
         return "\n".join([sections.teacher_table(run)]
-                         + [sections.method_table(run, m) for m in methods]) + note(
+                         + [sections.method_table(run, m) for m in run.distilled()]) + note(
             "Configs were chosen on the validation split; the test split only reports. Gain = "
             "mean test accuracy of the distilled student − that of the scratch student over the "
             "same seeds; interval: paired Student-t, 95%.")
@@ -162,8 +160,5 @@ def build_report(run_dir: str | Path | Sequence[str | Path],
         raise ReportError("a comparison of several runs needs --out FILE")
     page = render(load_runs(dirs))
     out_path = Path(out) if out else Path(dirs[0]) / REPORT_FILE
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out_path)
+    write_text_atomic(page, out_path)
     return out_path

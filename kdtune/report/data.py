@@ -16,12 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdtune.results import EPOCHS_FILE, TRIALS_FILE, compute_gains, read_rows
+from kdtune import methods as registry
+from kdtune.hparams import HYPERPARAMS
+from kdtune.results import compute_gains
+from kdtune.rundir import (
+    DATASETS_FILE,
+    EPOCHS_FILE,
+    JOURNAL_FILE,
+    RUN_FILE,
+    SPEC_FILE,
+    TRIALS_FILE,
+    read_rows,
+)
 
-DATASETS_FILE = "datasets.parquet"
-JOURNAL = Path("optuna") / "journal.log"
-# the searched hyperparameters a trial row carries as columns
-HYPERPARAMS = ("alpha", "tau", "hint_layer", "beta", "lr")
+__all__ = ["HYPERPARAMS", "Importance", "ReportError", "Run", "load_run"]
 
 
 class ReportError(RuntimeError):
@@ -65,21 +73,27 @@ class Run:
         return next((d for d in self.datasets if d["dataset"] == label), {"dataset": label})
 
     def methods(self, dataset: str | None = None) -> list[str]:
-        """Student methods run, scratch first, then in order of first appearance."""
+        """Methods run (not the pretrained models), baselines first, then in order of first
+        appearance."""
         seen: list[str] = []
         for r in self.trials:
-            if r["method"] != "teacher" and r["method"] not in seen and (
+            if not registry.is_pretrained(r["method"]) and r["method"] not in seen and (
                     dataset is None or r["dataset"] == dataset):
                 seen.append(r["method"])
-        return sorted(seen, key=lambda m: (m != "scratch", seen.index(m)))
+        return sorted(seen, key=lambda m: (not registry.is_baseline(m), seen.index(m)))
 
-    def scratch_reference(self, dataset: str, baseline: str = "scratch") -> float | None:
+    def distilled(self, dataset: str | None = None) -> list[str]:
+        """The methods run that are not baselines (the ones a gain is reported for)."""
+        return [m for m in self.methods(dataset) if not registry.is_baseline(m)]
+
+    def scratch_reference(self, dataset: str, baseline: str | None = None) -> float | None:
         """Validation accuracy of the tuned ``baseline`` (``scratch``, or ``reversed_scratch``
         for ``reversed``), the zero of every gain surface.
 
         The best finished scratch search trial: it ran with the same seed as the search trials
         it is compared with. Falls back to the mean of the scratch final runs.
         """
+        baseline = baseline or registry.student_baseline()
         search = [r["val_acc"] for r in self.trials if r["dataset"] == dataset
                   and r["method"] == baseline and r["role"] == "search"
                   and r["status"] == "finished" and _num(r["val_acc"])]
@@ -109,10 +123,10 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     if not (path / TRIALS_FILE).exists():
         raise ReportError(f"{path}: no {TRIALS_FILE} (not a kdtune run directory, or no trial "
                           "has finished yet)")
-    spec_file = path / "spec.yaml"
+    spec_file = path / SPEC_FILE
     run = Run(label=label or path.resolve().name, path=path,
               trials=read_rows(path / TRIALS_FILE), epochs=read_rows(path / EPOCHS_FILE),
-              datasets=read_rows(path / DATASETS_FILE), meta=_read_json(path / "run.json"),
+              datasets=read_rows(path / DATASETS_FILE), meta=_read_json(path / RUN_FILE),
               spec_text=spec_file.read_text(encoding="utf-8", errors="replace")
               if spec_file.exists() else None)
     run.gains = compute_gains(run.trials)
@@ -160,7 +174,7 @@ def importances(run: Run) -> dict[tuple[str, str], Importance]:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = None
-    journal = run.path / JOURNAL
+    journal = run.path / JOURNAL_FILE
     if journal.exists():
         try:
             from optuna.storages import JournalStorage

@@ -12,22 +12,33 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from kdtune import methods as registry
 from kdtune.report.data import Importance, Run, _num
 from kdtune.report.html import esc, missing
 from kdtune.report.surface import fit_surface
-from kdtune.results import baseline_of, best_search_trial
+from kdtune.results import best_search_trial
 
-FIXED_COLOURS = {"teacher": "#222222", "scratch": "#7f7f7f", "rkd": "#1f77b4", "ikd": "#d62728"}
+TEACHER = "teacher"  # the curves' name for the pretrained teacher (role teacher)
+TEACHER_COLOUR = "#222222"
 PALETTE = ["#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 COLORSCALE = "RdBu"  # red: distillation lost, blue: it paid
 SYMBOLS = ["circle", "diamond", "square", "triangle-up", "cross", "star-triangle-up", "hexagon",
            "triangle-down"]
 
 
+def _fixed_colour(method: str) -> str | None:
+    if method == TEACHER:
+        return TEACHER_COLOUR
+    info = registry.REGISTRY.get(method)
+    return info.colour if info else None
+
+
 def colour(method: str, order: list[str]) -> str:
-    if method in FIXED_COLOURS:
-        return FIXED_COLOURS[method]
-    others = [m for m in order if m not in FIXED_COLOURS]
+    """A method's colour: its own (the registry's), else the next of the palette."""
+    fixed = _fixed_colour(method)
+    if fixed:
+        return fixed
+    others = [m for m in order if not _fixed_colour(m)]
     return PALETTE[others.index(method) % len(PALETTE)] if method in others else PALETTE[0]
 
 
@@ -49,12 +60,12 @@ def _title(text: str, sub: str = "") -> dict[str, Any]:
 def surface_figure(run: Run, dataset: str, prefix: str = "") -> go.Figure | None:
     """Per distilling method, the fitted validation gain over the (alpha, tau) plane."""
     rows = [r for r in run.trials if r["role"] == "search" and r["dataset"] == dataset
-            and r["method"] != "scratch" and _num(r["alpha"]) and _num(r["tau"])]
+            and not registry.is_baseline(r["method"]) and _num(r["alpha"]) and _num(r["tau"])]
     if not rows:
         return None
     methods = [m for m in run.methods(dataset) if any(r["method"] == m for r in rows)]
     # each method against its own baseline: scratch, or reversed_scratch for reversed
-    refs = {m: run.scratch_reference(dataset, baseline_of(m) or "scratch") for m in methods}
+    refs = {m: run.scratch_reference(dataset, registry.baseline_of(m)) for m in methods}
     ref_ok = all(v is not None for v in refs.values())
     bases = {m: refs[m] if ref_ok else 0.0 for m in methods}
     ncols = min(3, len(methods))
@@ -137,7 +148,8 @@ def surface_figure(run: Run, dataset: str, prefix: str = "") -> go.Figure | None
                 "</extra>"), row=row, col=col)
         fig.update_xaxes(title_text="α (weight of the distillation loss)", row=row, col=col)
         fig.update_yaxes(title_text="τ (temperature)", row=row, col=col)
-    baselines = {baseline_of(m) or "scratch": refs[m] for m in methods}
+    baselines = {registry.baseline_of(m) or registry.student_baseline(): refs[m]
+                 for m in methods}
     what = ("validation gain over the tuned " + " / ".join(
         f"{b} student ({v:.2f}%)" for b, v in baselines.items()) + ", points" if ref_ok
         else "validation accuracy, % (no baseline search to compare)")
@@ -217,13 +229,13 @@ def complexity_figure(runs: list[Run]) -> tuple[go.Figure | None, str]:
         for g in run.gains:
             meta = run.dataset_meta(g["dataset"])
             score = meta.get("complexity_score")
-            if g["method"] == "scratch":
+            if g["method"] == registry.student_baseline():
                 gap = teacher.get(g["dataset"])
                 if gap is not None:
                     points.append((ri, run, "teacher − scratch", meta, score,
                                    gap - g["test_acc_mean"], None, None, g))
                 continue
-            if missing(g["gain_pts"]):
+            if missing(g["gain_pts"]) or not g.get("baseline"):
                 continue
             points.append((ri, run, g["method"], meta, score, g["gain_pts"], g["gain_ci_low"],
                            g["gain_ci_high"], g))
@@ -247,7 +259,7 @@ def complexity_figure(runs: list[Run]) -> tuple[go.Figure | None, str]:
     for p in points:
         if p[2] not in order and p[2] != "teacher − scratch":
             order.append(p[2])
-    order.sort(key=lambda m: (m not in FIXED_COLOURS, m))
+    order.sort(key=lambda m: (_fixed_colour(m) is None, m))
     series: dict[tuple[int, str], list[Any]] = {}
     for p in points:
         series.setdefault((p[0], p[2]), []).append(p)
@@ -311,7 +323,7 @@ def _gain_hover(p: tuple, multi: bool) -> str:
         return f"{head}<br>teacher − scratch: {y:+.2f} pts<br>{score_txt}"
     ci = f"[{low:+.2f}, {high:+.2f}]" if _num(low) else "(one seed: no interval)"
     return (f"{head} · {esc(method)}<br>gain {y:+.2f} pts {ci}<br>test "
-            f"{g['test_acc_mean']:.2f}% vs {esc(g.get('baseline') or 'scratch')} "
+            f"{g['test_acc_mean']:.2f}% vs {esc(g.get('baseline'))} "
             f"{g['scratch_test_acc_mean']:.2f}%, "
             f"{g['n_seeds']} seed(s)<br>{score_txt}")
 
@@ -336,7 +348,7 @@ def knob_figures(runs: list[Run]) -> list[go.Figure]:
     for run in runs:
         for g in run.gains:
             meta = run.dataset_meta(g["dataset"])
-            if g["method"] != "scratch" and meta.get("knob") and _num(meta.get("knob_value")) \
+            if g.get("baseline") and meta.get("knob") and _num(meta.get("knob_value")) \
                     and not missing(g["gain_pts"]):
                 sweeps.setdefault(str(meta["knob"]), []).append((run, meta, g))
     figures = []
@@ -402,10 +414,10 @@ def importance_figure(run: Run, dataset: str, prefix: str = "") -> go.Figure | N
 
 def _curve_rows(run: Run, dataset: str, method: str) -> tuple[list[dict[str, Any]], str]:
     """Epoch rows of the final runs of ``method`` (or of its best search trial if none)."""
-    if method == "teacher":
+    if method == TEACHER:
         ids = {r["trial_id"] for r in run.trials if r["dataset"] == dataset
-               and r["role"] == "teacher"}
-        return [e for e in run.epochs if e["trial_id"] in ids], "teacher"
+               and r["role"] == "teacher" and r["method"] == registry.PRETRAINED["teacher"]}
+        return [e for e in run.epochs if e["trial_id"] in ids], TEACHER
     ids = {r["trial_id"] for r in run.trials if r["dataset"] == dataset and r["method"] == method
            and r["role"] == "final" and r["status"] == "finished"}
     if ids:
@@ -418,11 +430,12 @@ def _curve_rows(run: Run, dataset: str, method: str) -> tuple[list[dict[str, Any
 
 def curves_figure(run: Run, dataset: str, prefix: str = "") -> tuple[go.Figure | None, str]:
     """Validation accuracy and training loss per epoch: teacher, scratch, best distilled."""
-    distilled = [g for g in run.gains if g["dataset"] == dataset and g["method"] != "scratch"]
+    distilled = [g for g in run.gains if g["dataset"] == dataset and g.get("baseline")]
     best = max(distilled, key=lambda g: g["val_acc_mean"])["method"] if distilled else None
     order = run.methods()
-    methods = ["teacher", "scratch"] + ([best] if best else []) + [
-        m for m in run.methods(dataset) if m not in ("scratch", best)]
+    baseline = registry.student_baseline()
+    methods = [TEACHER, baseline] + ([best] if best else []) + [
+        m for m in run.methods(dataset) if m not in (baseline, best)]
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
                         subplot_titles=["validation accuracy, %", "training loss"])
     drawn = 0
@@ -430,12 +443,12 @@ def curves_figure(run: Run, dataset: str, prefix: str = "") -> tuple[go.Figure |
     for m in methods:
         rows, what = _curve_rows(run, dataset, m)
         if not rows:
-            if m == "teacher" and any(r["dataset"] == dataset and r["role"] == "teacher"
+            if m == TEACHER and any(r["dataset"] == dataset and r["role"] == "teacher"
                                       and r["status"] == "reused" for r in run.trials):
                 notes.append("the teacher was reused from the teacher store: its curve is in "
                              "the run that trained it")
             continue
-        shown = m in ("teacher", "scratch", best)
+        shown = m in (TEACHER, baseline, best)
         name = esc(m) + (" (best distilled)" if m == best else "") + f" · {esc(what)}"
         c = colour(m, order)
         for col, key in ((1, "val_acc"), (2, "train_loss")):

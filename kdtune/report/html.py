@@ -134,6 +134,8 @@ table.trials{font-size:12px} table.trials td{white-space:nowrap} .trials-wrap{ma
 .kv td:first-child{font-weight:600;background:#fafafa}
 pre.spec{background:#f7f7f9;padding:.8em;overflow:auto;font-size:12px;max-height:420px}
 .figure{margin:1em 0}
+.wide{overflow-x:auto} table.datasets td{white-space:nowrap}
+table.datasets details code{display:block;white-space:pre-wrap;max-width:40em;font-size:11px}
 .run{border-left:4px solid #ccc;padding-left:1em;margin:1em 0}
 """
 

@@ -8,20 +8,10 @@ from typing import Any
 
 import yaml
 
+from kdtune import methods as registry
+from kdtune.report import paper
 from kdtune.report.data import HYPERPARAMS, Run, _num, compute_summary
 from kdtune.report.html import cell, esc, fmt, fmt_duration, missing, note, table
-
-# Belinga et al. 2024, test accuracy % (ResNet50 teacher, ResNet18 student): Tables 5-7
-PAPER = {
-    "mnist": {"teacher": 98.33, "scratch": 97.90, "rkd": 98.00, "ikd": 98.43},
-    "fashion_mnist": {"teacher": 89.90, "scratch": 88.47, "rkd": 87.60, "ikd": 89.97},
-    "usps": {"teacher": 90.22, "scratch": 86.07, "rkd": 88.72, "ikd": 88.72},
-    "cifar10": {"teacher": 75.23, "scratch": 63.47, "rkd": 64.13, "ikd": 74.70},
-    "cifar100": {"teacher": 48.70, "scratch": 34.60, "rkd": 35.03, "ikd": 49.83},
-}
-PAPER_NOTE = ("Published: Belinga et al. 2024 (ResNet50 teacher → ResNet18 student, α = 0.7, "
-              "τ = 4, full datasets): a reference for the direction of the effect, not a "
-              "like-for-like comparison.")
 
 
 def spec_of(run: Run) -> dict[str, Any]:
@@ -49,7 +39,7 @@ def _paper_key(run: Run, dataset: str) -> str | None:
     if meta.get("knob"):  # a controlled variant is not the dataset the paper measured
         return None
     name = str(meta.get("name") or dataset)
-    return name if name in PAPER and dataset == name else None
+    return name if name in paper.PUBLISHED and dataset == name else None
 
 
 # ----------------------------------------------------------------------------- the answer
@@ -58,7 +48,7 @@ def answer(run: Run) -> str:
     """One line per dataset: did distillation pay, with which method and settings."""
     parts = []
     for dataset in run.dataset_labels:
-        rows = [g for g in run.gains if g["dataset"] == dataset and g["method"] != "scratch"
+        rows = [g for g in run.gains if g["dataset"] == dataset and g.get("baseline")
                 and not missing(g["gain_pts"])]
         if not rows:
             continue
@@ -105,8 +95,8 @@ def overview(run: Run) -> str:
         lead = [c for c in ("dataset", "name", "complexity_score", "knob", "knob_value")
                 if c in cols]
         cols = lead + [c for c in cols if c not in lead]
-        rows = [[cell(fmt(d.get(c), ".3g"), d.get(c)) for c in cols] for d in run.datasets]
-        out.append(table(cols, rows, "datasets", "Datasets"))
+        rows = [[_compact_cell(d.get(c)) for c in cols] for d in run.datasets]
+        out.append("<div class='wide'>" + table(cols, rows, "datasets", "Datasets") + "</div>")
         if "complexity_score" not in cols:
             out.append(note("Complexity was not measured in this run (no complexity_score in "
                             "datasets.parquet)."))
@@ -132,6 +122,19 @@ def overview(run: Run) -> str:
     out.append(table(["", ""], facts, "kv", "Run and hardware"))
     out.append(failures(run))
     return "\n".join(out)
+
+
+# a text cell longer than this is folded (one line, expands on click): the datasets' JSON
+# columns otherwise wrap into rows hundreds of pixels tall
+FOLD_CHARS = 32
+
+
+def _compact_cell(value: Any) -> dict[str, Any]:
+    text = fmt(value, ".3g")
+    if isinstance(value, str) and len(value) > FOLD_CHARS:
+        return cell(f"<details><summary>{esc(value[:FOLD_CHARS - 4])}…</summary>"
+                    f"<code>{esc(value)}</code></details>", value)
+    return cell(text, value)
 
 
 def failures(run: Run) -> str:
@@ -165,12 +168,13 @@ def _gain_cell(gain: float, low: float, high: float) -> dict[str, Any]:
 def teacher_table(run: Run) -> str:
     """The paper's Table 5: teacher versus the scratch student."""
     spec = spec_of(run)
-    scratch = {g["dataset"]: g for g in run.gains if g["method"] == "scratch"}
+    baseline = registry.student_baseline()
+    scratch = {g["dataset"]: g for g in run.gains if g["method"] == baseline}
     teachers: dict[str, list[dict[str, Any]]] = {}
     for r in run.trials:
         if r["role"] == "teacher" and r["status"] in ("finished", "reused"):
             teachers.setdefault(r["dataset"], []).append(r)
-    paper = any(_paper_key(run, d) for d in run.dataset_labels)
+    published = any(_paper_key(run, d) for d in run.dataset_labels)
     rows = []
     for d in run.dataset_labels:
         t = [r["test_acc"] for r in teachers.get(d, []) if _num(r["test_acc"])]
@@ -185,33 +189,38 @@ def teacher_table(run: Run) -> str:
                cell(_mean_sd(g) if g else "–", g["test_acc_mean"] if g else None),
                cell(str(g["n_seeds"]) if g else "–", g["n_seeds"] if g else None),
                cell(fmt(gap, "+.2f"), gap)]
-        if paper:
-            key = _paper_key(run, d)
-            p = PAPER.get(key or "", {})
-            row += [fmt(p.get("teacher")), fmt(p.get("scratch")),
-                    fmt(p["teacher"] - p["scratch"], "+.2f") if p else "–"]
+        if published:
+            key = _paper_key(run, d) or ""
+            t_pub, s_pub = paper.published(key, "teacher"), paper.published(key, baseline)
+            row += [fmt(t_pub), fmt(s_pub),
+                    fmt(t_pub - s_pub, "+.2f") if t_pub is not None and s_pub is not None
+                    else "–"]
         rows.append(row)
     headers = ["dataset", f"teacher {_arch(spec, 'teacher')}: test acc %",
-               f"scratch student {_arch(spec, 'student')}: test acc % (mean ± sd)", "seeds",
-               "teacher − scratch, pts"]
-    if paper:
-        headers += ["published teacher", "published scratch", "published gap"]
+               f"{baseline} student {_arch(spec, 'student')}: test acc % (mean ± sd)",
+               "seeds", f"teacher − {baseline}, pts"]
+    if published:
+        headers += ["published teacher", f"published {baseline}", "published gap"]
     if not rows:
-        return note("No teacher or scratch results yet.")
-    return table(headers, rows, "paper", "Table 5 · teacher versus the scratch student") + (
-        note(PAPER_NOTE) if paper else "")
+        return note(f"No teacher or {esc(baseline)} results yet.")
+    number = paper.table_of("teacher")
+    return table(headers, rows, "paper", f"{number + ' · ' if number else ''}teacher versus the "
+                 f"{esc(baseline)} student") + (note(paper.NOTE) if published else "")
 
 
 def method_table(run: Run, method: str) -> str:
     """The paper's Tables 6 (RKD) and 7 (IKD), and the same for any other method."""
-    number = {"rkd": "Table 6 · ", "ikd": "Table 7 · "}.get(method, "")
-    scratch = {g["dataset"]: g for g in run.gains if g["method"] == "scratch"}
-    paper = method in ("rkd", "ikd") and any(_paper_key(run, d) for d in run.dataset_labels)
+    number = paper.table_of(method)
+    gains = [g for g in run.gains if g["method"] == method]
+    baseline = next((g["baseline"] for g in gains if g.get("baseline")),
+                    registry.baseline_of(method)) or registry.student_baseline()
+    base_gains = {g["dataset"]: g for g in run.gains if g["method"] == baseline}
+    published = number is not None and any(_paper_key(run, d) for d in run.dataset_labels)
     rows = []
     order = run.dataset_labels
-    for g in sorted((g for g in run.gains if g["method"] == method),
+    for g in sorted(gains,
                     key=lambda g: order.index(g["dataset"]) if g["dataset"] in order else 0):
-        s = scratch.get(g["dataset"])
+        s = base_gains.get(g["dataset"])
         hps = ", ".join(f"{k}={fmt(g.get(k), '.3g')}" for k in HYPERPARAMS
                         if g.get(k) is not None)
         row = [esc(g["dataset"]), cell(_mean_sd(s) if s else "–",
@@ -219,20 +228,22 @@ def method_table(run: Run, method: str) -> str:
                cell(_mean_sd(g), g["test_acc_mean"]),
                _gain_cell(g["gain_pts"], g["gain_ci_low"], g["gain_ci_high"]),
                cell(str(g["n_seeds"]), g["n_seeds"]), hps or "–"]
-        if paper:
-            p = PAPER.get(_paper_key(run, g["dataset"]) or "", {})
-            row += [fmt(p.get("scratch")), fmt(p.get(method)),
-                    fmt(p[method] - p["scratch"], "+.2f") if p else "–"]
+        if published:
+            key = _paper_key(run, g["dataset"]) or ""
+            b_pub, m_pub = paper.published(key, baseline), paper.published(key, method)
+            row += [fmt(b_pub), fmt(m_pub),
+                    fmt(m_pub - b_pub, "+.2f") if b_pub is not None and m_pub is not None
+                    else "–"]
         rows.append(row)
     if not rows:
         return ""
-    headers = ["dataset", "scratch: test acc %", f"{method}: test acc %",
+    headers = ["dataset", f"{baseline}: test acc %", f"{method}: test acc %",
                "gain, pts [95% CI]", "seeds", "config (selected on validation)"]
-    if paper:
-        headers += ["published scratch", f"published {method}", "published gain"]
+    if published:
+        headers += [f"published {baseline}", f"published {method}", "published gain"]
     return table(headers, rows, "paper",
-                 f"{number}scratch student versus {esc(method)}") + (
-        note(PAPER_NOTE) if paper else "")
+                 f"{number + ' · ' if number else ''}{esc(baseline)} student versus "
+                 f"{esc(method)}") + (note(paper.NOTE) if published else "")
 
 
 # ----------------------------------------------------------------------------- every trial

@@ -8,16 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdtune.distill import (
-    RKD,
-    HintRegressor,
-    Scratch,
-    build_distiller,
-    hint_loss,
-    kd_loss,
-    rkd_losses,
-)
+from kdtune.losses import HintRegressor, hint_loss, kd_loss, rkd_losses
 from kdtune.models import build_model
+from kdtune.trial import build_distiller
 
 
 def _softmax(values: list[float], tau: float) -> list[float]:
@@ -111,8 +104,10 @@ def test_scratch_and_rkd_loss_names():
     student = build_model("small_cnn", 1, 10, 8, {"widths": [4]})
     teacher = build_model("small_cnn", 1, 10, 8, {"widths": [8]})
     x, y = torch.randn(3, 1, 8, 8), torch.randint(0, 10, (3,))
-    assert set(Scratch(student)(x, y)[1]) == {"ce"}
-    rkd = RKD(student, teacher, 0.7, 4.0)
+    scratch = build_distiller("scratch", student, None, {}, student_arch="small_cnn", example=x)
+    assert set(scratch(x, y)[1]) == {"ce"}
+    rkd = build_distiller("rkd", student, teacher, {"alpha": 0.7, "tau": 4.0},
+                          student_arch="small_cnn", teacher_arch="small_cnn", example=x)
     assert set(rkd(x, y)[1]) == {"ce", "kd"}
     rkd.train()
     assert not teacher.training  # the teacher's BatchNorm never trains

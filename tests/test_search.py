@@ -5,9 +5,10 @@ from __future__ import annotations
 import optuna
 import pytest
 
+from kdtune.job import TrialJob
 from kdtune.search import define_space, searched_dimensions, space_of
 from kdtune.spec import SpecError, parse_spec
-from kdtune.trainables import _budget
+from kdtune.trial import budget_for
 
 
 def _spec(tiny_spec_dict, **search):
@@ -56,10 +57,13 @@ def test_share_without_any_policy_is_rejected(tiny_spec_dict):
 
 def test_the_trainable_uses_the_trial_config_and_the_teacher_the_spec(tiny_spec_dict):
     spec = _spec(tiny_spec_dict, augmentation=["none", "paper"], aug_share=[0.0, 1.0])
-    student = _budget(spec, 2, {"augmentation": "paper", "aug_share": 0.3})
-    assert (student.augmentation, student.aug_share) == ("paper", 0.3)
-    teacher = _budget(spec, 3, {})  # teacher jobs carry no searched values
-    assert (teacher.augmentation, teacher.aug_share) == ("none", 1.0)
+    student = budget_for(spec, TrialJob.from_config(
+        {"stage": "s", "role": "search", "dataset_index": 0, "method": "rkd", "seed": 0,
+         "augmentation": "paper", "aug_share": 0.3}))
+    assert (student.augmentation, student.aug_share, student.epochs) == ("paper", 0.3, 2)
+    # teacher jobs carry no searched values
+    teacher = budget_for(spec, TrialJob("teachers", "teacher", 0, "teacher", 0))
+    assert (teacher.augmentation, teacher.aug_share, teacher.epochs) == ("none", 1.0, 3)
 
 
 def test_a_method_with_nothing_searched_runs_one_search_trial(tiny_spec_dict):

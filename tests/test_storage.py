@@ -16,8 +16,9 @@ import torch
 
 from kdtune import storage
 from kdtune.cli import main
-from kdtune.results import TRIAL_SCHEMA, write_table_atomic
-from kdtune.study import StorageError, check_storage
+from kdtune.preflight import check_storage
+from kdtune.rundir import TRIAL_SCHEMA, write_table_atomic
+from kdtune.storage import StorageError
 
 
 @pytest.fixture

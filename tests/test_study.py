@@ -1,9 +1,11 @@
-"""The new methods inside a study: spec rules, search dimensions, baselines of gains, the
-omit-one-class transfer set, and one tiny run of every method through Ray Tune."""
+"""A study's plan and what it stores: every method inside a study (spec rules, search
+dimensions, baselines of gains, the omit-one-class transfer set, one tiny run of every method
+through Ray Tune), its datasets, per-role resources and the compute estimate."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import optuna
 import pyarrow.parquet as pq
@@ -11,16 +13,27 @@ import pytest
 import torch
 
 from kdtune.cli import main
-from kdtune.data import load_splits
-from kdtune.methods import METHOD_INFO, omit_class, teacher_sources, trial_models
+from kdtune.data import load_splits, omit_class
+from kdtune.estimate import dataset_shape
+from kdtune.methods import REGISTRY, names, teacher_sources, trial_models
+from kdtune.preflight import resolve_paths
 from kdtune.results import compute_gains
 from kdtune.search import define_space, searched_dimensions, space_of, start_points
-from kdtune.spec import METHODS, SpecError, parse_spec
+from kdtune.spec import DatasetSpec, SpecError, parse_spec
+from kdtune.study import Study
+from kdtune.tuner import stage_name
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_every_registered_method_is_a_spec_method():
-    assert set(METHODS) == set(METHOD_INFO) >= {"scratch", "rkd", "ikd", "at", "self",
-                                                 "reversed", "reversed_scratch", "mskd"}
+def test_every_registered_method_is_a_spec_method(tiny_spec_dict):
+    assert set(names()) >= {"scratch", "rkd", "ikd", "at", "self", "reversed",
+                            "reversed_scratch", "mskd"}
+    tiny_spec_dict["training"]["augmentation"] = "paper"  # what every method can use
+    for name, method in REGISTRY.items():  # each validates beside its baseline
+        spec = parse_spec(tiny_spec_dict | {"methods": list(dict.fromkeys(
+            [m for m in (method.baseline, name) if m]))})
+        assert name in spec.methods
 
 
 def test_reversed_swaps_the_architectures_and_needs_its_own_baseline(tiny_spec_dict):
@@ -78,12 +91,15 @@ def test_omit_class_out_of_range_fails_before_the_run(tiny_spec_dict, write_spec
 
 
 def test_each_method_searches_its_own_dimensions(tiny_spec_dict):
-    tiny_spec_dict["methods"] = list(METHODS)
+    tiny_spec_dict["methods"] = list(names())
     tiny_spec_dict["search"] |= {"beta": [0.5, 4.0], "lr": [0.01, 0.1]}
+    tiny_spec_dict["training"]["augmentation"] = "paper"  # ccd weighs augmented images
     spec = parse_spec(tiny_spec_dict)
     expected = {"scratch": [], "reversed_scratch": [], "rkd": ["alpha", "tau"],
                 "self": ["alpha", "tau"], "reversed": ["alpha", "tau"], "mskd": ["alpha", "tau"],
-                "at": ["alpha", "tau", "beta"], "ikd": ["alpha", "tau", "hint_layer", "beta"]}
+                "at": ["alpha", "tau", "beta"], "ikd": ["alpha", "tau", "hint_layer", "beta"],
+                "ccd": ["alpha", "tau"]}
+    assert set(expected) == set(names())
     study = optuna.create_study()
     for method, dims in expected.items():
         assert searched_dimensions(spec, method) == ["lr"] + dims
@@ -176,3 +192,53 @@ def test_every_method_runs_in_a_study_with_one_class_omitted(tiny_spec_dict, wri
     gains = {g["method"]: g for g in pq.read_table(run_dir / "gains.parquet").to_pylist()}
     assert gains["reversed"]["baseline"] == "reversed_scratch"
     assert gains["at"]["baseline"] == "scratch" and gains["at"]["omitted_class"] == 3
+
+
+def test_study_stores_complexity_and_knobs_per_dataset(tiny_spec_dict, tmp_path):
+    tiny_spec_dict["datasets"] = [{"name": "digits", "label_noise": 0.0},
+                                  {"name": "digits", "label_noise": 0.3},
+                                  {"name": "digits", "max_train": 300, "resolution": 4}]
+    spec = resolve_paths(parse_spec(tiny_spec_dict), str(tmp_path / "s"), None)
+    study = Study.create(spec, "spec text", log=lambda _: None)  # no Ray: only the checks
+    rows = pq.read_table(study.run_dir / "datasets.parquet").to_pylist()
+    assert [r["dataset"] for r in rows] == [ds.label for ds in spec.datasets]
+    assert [(r["knob"], r["knob_value"]) for r in rows] == [
+        ("label_noise", 0.0), ("label_noise", 0.3), ("max_train+resolution", None)]
+    assert all(0.0 <= r["complexity_score"] <= 1.0 for r in rows)
+    assert rows[1]["complexity_score"] > rows[0]["complexity_score"]
+    assert rows[2]["n_train"] == 300 and rows[2]["image_size"] == 4
+    assert rows[1]["knn_error"] > rows[0]["knn_error"]
+
+
+def test_stage_names_are_path_safe():
+    assert stage_name("search", "digits[n=300]", "rkd") == "search-digits_n300-rkd"
+    name = stage_name("search", "imagefolder:a b<c>[n=3,label_noise=0.1]", "ikd")
+    assert name == "search-imagefolder_a_b_c__n3_label_noise0.1-ikd"
+
+
+def test_resources_per_role(tiny_spec_dict):
+    tiny_spec_dict["resources"] = {"cpus": 2, "gpus": 0.5, "teacher": {"gpus": 1},
+                                   "student": {"gpus": 0.25}}
+    resources = parse_spec(tiny_spec_dict).resources
+    assert resources.for_role("teacher") == (2, 1)
+    assert resources.for_role("search") == (2, 0.25)
+    assert parse_spec(tiny_spec_dict | {"resources": {"gpus": 0.5}}).resources.for_role(
+        "teacher") == (1, 0.5)
+
+
+@pytest.mark.parametrize("fields,expected", [
+    ({"name": "mnist"}, (1, 28, 10, 60_000, 7_000, 3_000)),
+    ({"name": "usps"}, (1, 16, 10, 7_291, 1_404, 603)),
+    ({"name": "cifar100", "max_train": 1000, "channels": 1}, (1, 32, 100, 1000, 7_000, 3_000)),
+    ({"name": "cifar10", "classes": 2, "resolution": 16}, (3, 16, 2, 10_000, 1_400, 600)),
+])
+def test_dataset_shapes_without_loading(fields, expected):
+    shape = dataset_shape(DatasetSpec(**fields))
+    assert (shape.channels, shape.side, shape.classes, shape.n_train, shape.n_val,
+            shape.n_test) == expected
+
+
+def test_validate_prints_the_plan_and_a_compute_estimate(capsys):
+    assert main(["validate", str(ROOT / "studies" / "belinga2024.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "plan:" in out and "compute:" in out and "GPU-hours" in out

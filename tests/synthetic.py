@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from kdtune.results import EPOCH_SCHEMA, TRIAL_SCHEMA, write_table_atomic
+from kdtune import methods as registry
+from kdtune.rundir import EPOCH_SCHEMA, TRIAL_SCHEMA, write_table_atomic
 
 DEFAULT_DATASETS = [
     {"dataset": "mnist", "name": "mnist", "complexity_score": 0.15},
@@ -24,13 +25,16 @@ DEFAULT_DATASETS = [
     {"dataset": "cifar10", "name": "cifar10", "complexity_score": 0.6},
     {"dataset": "cifar100", "name": "cifar100", "complexity_score": 0.85},
 ]
-DISTILLING = ("rkd", "ikd", "at", "self", "reversed", "mskd")
 
 
 def gain_model(alpha: float, tau: float, complexity: float) -> float:
     """The true validation gain (points) of a distilling method at (alpha, tau)."""
     peak = 1.0 + 12.0 * complexity
     return peak * math.exp(-((alpha - 0.6) / 0.3) ** 2 - (math.log(tau / 4.0) / 0.8) ** 2) - 1.0
+
+
+def _distils(method: str) -> bool:
+    return method in registry.REGISTRY and registry.get(method).distils
 
 
 def write_synthetic_run(run_dir: str | Path, *, datasets: list[dict[str, Any]] | None = None,
@@ -67,7 +71,7 @@ def write_synthetic_run(run_dir: str | Path, *, datasets: list[dict[str, Any]] |
                 "dataset": row["dataset"], "method": row["method"], "role": row["role"],
                 "seed": row["seed"], "epoch": e, "train_loss": 2.3 * (1 - frac) + 0.1,
                 "loss_ce": 2.0 * (1 - frac) + 0.1,
-                "loss_kd": None if row["method"] in ("scratch", "teacher") else 0.5 * (1 - frac),
+                "loss_kd": 0.5 * (1 - frac) if _distils(row["method"]) else None,
                 "loss_hint": 0.3 * (1 - frac) if row.get("hint_layer") else None,
                 "val_acc": None if curve_to is None else 10 + (curve_to - 10) * frac
                 + rng.normal(0, 0.3), "epoch_s": 0.5, "wall_s": 0.5 * e})
@@ -94,7 +98,7 @@ def write_synthetic_run(run_dir: str | Path, *, datasets: list[dict[str, Any]] |
                     "lr": float(math.exp(rng.uniform(math.log(0.01), math.log(0.2)))),
                     "teacher_id": f"{label}-teacher", "wall_s": float(rng.uniform(2, 20))}
                 gain = 0.0
-                if method != "scratch":
+                if _distils(method):
                     row["alpha"], row["tau"] = (0.7, 4.0) if t == 0 else (
                         float(rng.uniform(0.1, 0.95)), float(rng.uniform(1.0, 10.0)))
                     gain = gain_model(row["alpha"], row["tau"], complexity)
@@ -118,8 +122,7 @@ def write_synthetic_run(run_dir: str | Path, *, datasets: list[dict[str, Any]] |
                     best[method] = row
         for method in methods:
             cfg = {k: best[method].get(k) for k in ("alpha", "tau", "hint_layer", "beta", "lr")}
-            gain = 0.0 if method == "scratch" else gain_model(cfg["alpha"], cfg["tau"],
-                                                              complexity)
+            gain = gain_model(cfg["alpha"], cfg["tau"], complexity) if _distils(method) else 0.0
             for s in seeds:
                 acc = scratch_acc + gain + rng.normal(0, 0.5)
                 add(cfg | {"stage": "final", "trial_id": f"final:{label}-{method}-{s}",

@@ -1,0 +1,97 @@
+"""Checks before anything is written: paths made absolute, the storage writable (and not full),
+every dataset loadable. A check that fails stops the run with one line, leaving nothing
+behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kdtune.data import Splits
+from kdtune.spec import SpecError, StudySpec
+from kdtune.storage import StorageError, check_writable, is_uri
+
+# a run directory of the quickstart is ~5 MB; refuse storage that cannot hold a few of them
+MIN_FREE_BYTES = 200 * 1024 * 1024
+
+
+def resolve_paths(spec: StudySpec, storage: str | None, data_dir: str | None,
+                  download: bool | None = None) -> StudySpec:
+    """Make storage and data paths absolute (Ray needs absolute paths; trials run elsewhere)."""
+    storage_path = storage or spec.storage
+    if "://" not in storage_path:
+        storage_path = str(Path(storage_path).expanduser().resolve())
+    datasets = []
+    for ds in spec.datasets:
+        update: dict[str, Any] = {}
+        folder = ds.data_dir or data_dir
+        if folder:
+            update["data_dir"] = str(Path(folder).expanduser().resolve())
+        if ds.path:  # an image folder is read by trial workers too
+            update["path"] = str(Path(ds.path).expanduser().resolve())
+        if download is not None:
+            update["download"] = download or ds.download
+        datasets.append(ds.model_copy(update=update))
+    return spec.model_copy(update={"storage": storage_path, "datasets": datasets})
+
+
+def check_datasets(spec: StudySpec, log: Callable[[str], None] | None = None,
+                   loaded: list[Splits] | None = None) -> list[dict[str, Any]]:
+    """Load every dataset once in the driver (or take the ``loaded`` splits): a missing one
+    fails before any trial starts.
+
+    Each dataset's complexity is measured here too (seconds), so it is stored with the results.
+    """
+    from kdtune.complexity import as_row, measure
+
+    rows = []
+    for index, ds in enumerate(spec.datasets):
+        splits = loaded[index] if loaded is not None else ds.load()
+        sizes = splits.sizes()
+        cx = measure(splits, ds.label)
+        knob, knob_value = ds.knob()
+        k = spec.distillation.omit_class
+        if k is not None and k >= splits.num_classes:
+            raise SpecError(f"distillation.omit_class: {ds.label} has no class {k} "
+                            f"(0..{splits.num_classes - 1})")
+        rows.append({"dataset": ds.label, "name": ds.name, "channels": splits.channels,
+                     "image_size": splits.image_size, "num_classes": splits.num_classes,
+                     "n_train": sizes["train"], "n_val": sizes["val"], "n_test": sizes["test"],
+                     "knob": knob, "knob_value": knob_value,
+                     "knobs_json": json.dumps(ds.knob_values())} | as_row(cx))
+        if log:
+            log(f"dataset {ds.label}: {sizes['train']}/{sizes['val']}/{sizes['test']} images, "
+                f"{splits.channels}x{splits.image_size}x{splits.image_size}, "
+                f"{splits.num_classes} classes, complexity {cx.score:.3f}")
+    return rows
+
+
+def check_storage(storage: str | Path, min_free: int = MIN_FREE_BYTES) -> None:
+    """Fail before any trial starts if ``storage`` cannot take a run: unwritable or full (an
+    object store: unreachable or unwritable)."""
+    if is_uri(storage):
+        try:
+            check_writable(str(storage))
+        except (OSError, ValueError) as error:  # pyarrow: ArrowIOError is OSError
+            first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise StorageError(f"storage {storage}: not reachable or not writable "
+                               f"({first})") from None
+        return
+    storage = Path(storage)
+    probe = storage / f".kdtune-write-test-{os.getpid()}"
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+        try:
+            probe.write_bytes(b"x" * 65536)  # a full disk fails here, not only a read-only one
+        finally:
+            probe.unlink(missing_ok=True)
+    except OSError as error:
+        raise StorageError(f"storage {storage}: not writable ({error.strerror or error})") from None
+    free = shutil.disk_usage(storage).free
+    if free < min_free:
+        raise StorageError(f"storage {storage}: only {free // 2**20} MiB free, need at least "
+                           f"{min_free // 2**20} MiB")

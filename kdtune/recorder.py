@@ -1,0 +1,112 @@
+"""The driver-side Ray Tune callback: writes each finished trial to Parquet the moment it ends
+and prints one line for it.
+
+A ``tune.Callback`` at module level (not a class inside a function) so that it reads in one
+place and Tune can hold it like any callback. ``stage`` and ``role`` are defaults: a trial whose
+job names its own (several searches and the final runs share one Tuner) keeps them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from kdtune import console, methods
+from kdtune.hparams import HYPERPARAMS
+from kdtune.job import TrialJob, flat_config
+from kdtune.session import check_stop
+from kdtune.spec import StudySpec
+from kdtune.trial import budget_for
+
+# what a trial's last report adds to its row (per-class and per-exit accuracies, omit-one-class)
+LAST_REPORT_COLUMNS = ("omitted_class", "omitted_class_acc", "class_acc_json", "exit_acc_json")
+
+
+class Recorder(Callback):
+    """Writes each finished trial to ``store`` at once and prints progress; ``expected``
+    counts the trials of each stage, for the progress lines."""
+
+    def __init__(self, store: Any, spec: StudySpec, stage: str, role: str,
+                 expected: int | dict[str, int], log: Callable[[str], None],
+                 epoch_columns: tuple[str, ...]) -> None:
+        self.store, self.spec, self.stage, self.role, self.log = store, spec, stage, role, log
+        self.totals = expected if isinstance(expected, dict) else {stage: expected}
+        self.epoch_columns = epoch_columns
+        self.labels = [ds.label for ds in spec.datasets]
+        self.done: dict[str, int] = {}
+        self.best: dict[str, float] = {}
+        shown = ["alpha", "tau", "hint_layer"] + (["lr"] if spec.search.lr else [])
+        self.hp_shown = shown + [k for k in ("augmentation", "aug_share")
+                                 if getattr(spec.search, k)]
+
+    def _job(self, trial: Any) -> TrialJob:
+        config = flat_config(trial.config)
+        return TrialJob.from_config({"stage": self.stage, "role": self.role} | config)
+
+    def _base(self, trial: Any, job: TrialJob) -> dict[str, Any]:
+        return {"study": self.spec.study, "run_id": self.store.run_dir.name, "stage": job.stage,
+                "trial_id": f"{job.stage}:{trial.trial_id}",
+                "dataset": self.labels[job.dataset_index], "method": job.method,
+                "role": job.role, "seed": job.seed}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "epoch" not in result:
+            return
+        job = self._job(trial)
+        row = self._base(trial, job) | {k: result.get(k) for k in self.epoch_columns}
+        self.store.add_epoch(row)
+        if row["role"] == "teacher":
+            self.log(console.teacher_epoch_line(row, self.spec.training.teacher_epochs))
+
+    def _finish(self, trial: Any, status: str | None, failure: str | None) -> None:
+        job, last = self._job(trial), trial.last_result or {}
+        budget = budget_for(self.spec, job)
+        epochs_run = int(last.get("epoch") or 0)
+        if status is None:
+            if last.get("diverged"):
+                status, failure = "failed", last.get("failure")
+            else:
+                status = "finished" if epochs_run >= budget.epochs else "stopped"
+        trained, teacher = methods.trial_models(self.spec, job.method)
+        config = flat_config(trial.config)
+        # the hyperparameters it ran with: searched or fixed for the method; the student
+        # budget's lr, augmentation and share (the spec's where the search leaves them)
+        ran = job.hp.as_dict() | {"lr": budget.lr, "augmentation": budget.augmentation,
+                                  "aug_share": budget.aug_share}
+        row = self._base(trial, job) | {k: ran.get(k) for k in HYPERPARAMS} | {
+            "config_json": json.dumps({k: v for k, v in sorted(config.items())
+                                       if k != "teacher_path"}, default=str),
+            "val_acc": last.get("val_acc") if status != "failed" else None,
+            "test_acc": last.get("test_acc"), "epochs_run": epochs_run,
+            "epochs_budget": budget.epochs, "status": status, "failure": failure,
+            "wall_s": last.get("wall_s"), "teacher_id": job.teacher_id or None,
+            "node_id": last.get("node_id"), "restarts": int(trial.num_failures),
+            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "arch": trained.label, "teacher_arch": teacher.label if teacher else None,
+            **{k: last.get(k) for k in LAST_REPORT_COLUMNS},
+        }
+        self.store.finish_trial(row)
+        stage = row["stage"]
+        self.done[stage] = self.done.get(stage, 0) + 1
+        if row["val_acc"] is not None and status == "finished":
+            self.best[stage] = max(self.best.get(stage, 0.0), row["val_acc"])
+        self.log(console.trial_line(row, self.done[stage], self.totals.get(stage, "?"),
+                                    self.best.get(stage), self.hp_shown))
+
+    def on_step_end(self, iteration, trials, **info):
+        check_stop()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial, None, None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        failure = "trial raised an error"
+        if trial.error_file and Path(trial.error_file).exists():
+            lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
+            failure = lines[-1][:500] if lines else failure
+        self._finish(trial, "failed", failure)
