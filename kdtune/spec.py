@@ -178,6 +178,10 @@ class ModelSpec(_Strict):
                            for w in widths)):
             raise ValueError(f"options.widths must be a list of 1 to 8 positive integers, "
                              f"got {widths!r}")
+        wanted = ARCHS[self.arch].n_widths
+        if "widths" in self.options and wanted and len(widths) != wanted:
+            raise ValueError(f"options.widths: {self.arch} has {wanted} stages, so widths "
+                             f"lists {wanted} integers, got {len(widths)}")
         return self
 
     @property

@@ -73,9 +73,10 @@ def test_cifar_resnet_sizes_match_he_et_al():
 
 
 def test_flops_count_convolutions_by_hand():
-    # small_cnn widths [4] on 1x8x8: conv 1->4 3x3 on 8x8 = 4*9*64 MACs, fc 4->10 = 40 MACs
+    # small_cnn widths [4] on 1x8x8: one stage needs two convs for its receptive field to
+    # cover 6 of 8 pixels: conv 1->4 3x3 on 8x8 = 4*9*64 MACs, conv 4->4 = 16*9*64, fc 40
     model = build_model("small_cnn", 1, 10, 8, {"widths": [4]})
-    assert count_flops(model, 1, 8) == 2 * (4 * 9 * 64 + 40)
+    assert count_flops(model, 1, 8) == 2 * (4 * 9 * 64 + 16 * 9 * 64 + 40)
 
 
 def test_multi_exit_student_has_one_exit_per_stage():
@@ -99,3 +100,88 @@ def test_models_command_lists_params_and_flops(capsys):
         assert f"\n{arch} " in out
     assert "layer1, layer2, layer3" in out
     assert main(["models", "--channels", "0"]) == 2
+
+
+@pytest.mark.parametrize("size", [8, 28, 32])
+def test_every_model_builds_and_taps_at_8_28_and_32_px(size):
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    x = torch.randn(2, 1, size, size)
+    for arch in ARCHS:
+        model = build_model(arch, 1, 10, size).eval()
+        taps = model_taps(model, arch)
+        assert taps == arch_taps(arch)  # the spec's view of the taps is the model's
+        with torch.no_grad():
+            out = create_feature_extractor(model, {t: t for t in taps} | {"fc": "logits"})(x)
+        assert out["logits"].shape == (2, 10), arch
+        assert all(out[t].ndim == 4 and out[t].shape[-1] >= 1 for t in taps), arch
+
+
+@pytest.mark.parametrize("stages", [2, 3])
+@pytest.mark.parametrize("size", [8, 16, 28, 32])
+def test_a_small_cnn_s_last_stage_sees_most_of_the_image(size, stages):
+    """The receptive field, measured: which input pixels move one output of the last stage (on
+    a copy with average pools and no ReLU, so that the gradient reaches every pixel the
+    geometry connects; a max-pool would route it to one pixel of four). A single stage is
+    capped at four convolutions and sees 10 px."""
+    import copy
+
+    from torch import nn
+
+    model = copy.deepcopy(build_model("small_cnn", 1, 10, size, {"widths": [4] * stages}))
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.MaxPool2d):
+                setattr(module, child_name, nn.AvgPool2d(2))
+            elif isinstance(child, nn.ReLU):
+                setattr(module, child_name, nn.Identity())
+    model.eval()
+    x = torch.randn(1, 1, size, size, requires_grad=True)
+    feature = x
+    for i in range(1, stages + 1):
+        feature = getattr(model, f"stage{i}")(feature)
+    h, w = feature.shape[-2:]
+    feature[0, :, h // 2, w // 2].sum().backward()
+    rows = x.grad[0, 0].abs().sum(1).nonzero()
+    seen = int(rows.max() - rows.min()) + 1
+    assert seen >= 0.75 * size, (size, stages, seen)
+
+
+@pytest.fixture(scope="module")
+def fashion_subset():
+    """Fashion-MNIST from Debian's dataset-fashion-mnist (what .ci/run installs)."""
+    from kdtune.data import DEBIAN_FASHION_MNIST, DatasetUnavailable, load_splits
+
+    try:
+        return load_splits("fashion_mnist", fractions=(0.94, 0.03, 0.03), max_train=1200,
+                           split_seed=1)
+    except DatasetUnavailable:
+        pytest.skip(f"no Fashion-MNIST in {DEBIAN_FASHION_MNIST} "
+                    "(apt-get install dataset-fashion-mnist)")
+
+
+@pytest.mark.parametrize("arch,options", [("small_cnn", {"widths": [16, 32]}),
+                                          ("resnet8", {}),
+                                          ("vgg11", {"widths": [16, 32, 64, 64, 64]})])
+@pytest.mark.parametrize("size", [8, 28, 32])
+def test_a_short_training_reaches_a_sensible_accuracy(fashion_subset, arch, options, size):
+    """Every architecture family learns at each input size the registry serves (8 px:
+    digits' size; 28: MNIST's; 32: CIFAR's), on 1,200 Fashion-MNIST images resized; 50 %
+    is five times chance. benchmarks/models_fit.py trains every registered model this way."""
+    from kdtune.data import Splits
+    from kdtune.engine import Budget, train_epochs
+    from kdtune.knobs import resize
+    from kdtune.trial import build_distiller
+
+    s = fashion_subset
+    splits = s if size == 28 else Splits(
+        s.name, resize(s.train_x, size), s.train_y, resize(s.val_x[:1000], size),
+        s.val_y[:1000], s.test_x, s.test_y, s.num_classes, s.mean, s.std)
+    torch.manual_seed(0)
+    model = build_model(arch, 1, 10, size, options)
+    distiller = build_distiller("scratch", model, None, {}, student_arch=arch,
+                                example=splits.train_x[:2].float())
+    reports = list(train_epochs(distiller, splits, Budget(epochs=6, batch_size=64, lr=0.02,
+                                                          weight_decay=5e-4), seed=0))
+    assert max(r.val_acc for r in reports[-2:]) > 50, (arch, size,
+                                                       [r.val_acc for r in reports])

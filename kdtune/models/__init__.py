@@ -35,6 +35,7 @@ class Arch:
     summary: str
     # a hard cap on options keeps typos in a spec ("widht") from being silently ignored
     options: tuple[str, ...] = ()
+    n_widths: int | None = None  # how many ints option widths takes (None: 1 to 8, any)
 
     def build(self, in_channels: int, num_classes: int, image_size: int,
               **options: Any) -> Any:
@@ -44,21 +45,31 @@ class Arch:
 
 
 _RESNET_TAPS = _fixed("layer1", "layer2", "layer3", "layer4")
+_VGG_TAPS = _fixed("stage1", "stage2", "stage3", "stage4", "stage5")
 _CIFAR_TAPS = _fixed("layer1", "layer2", "layer3")
 
 ARCHS: dict[str, Arch] = {a.name: a for a in (
     Arch("small_cnn", "kdtune.models.small_cnn:build", _stages, "fc",
          "conv-BN-ReLU per width (option widths, default [32, 64])", ("widths",)),
     Arch("resnet8", "kdtune.models.cifar_resnet:build_resnet8", _CIFAR_TAPS, "fc",
-         "CIFAR ResNet-8 (He et al. 2016; option widths, default [16, 32, 64])", ("widths",)),
+         "CIFAR ResNet-8 (He et al. 2016; option widths, default [16, 32, 64])", ("widths",),
+         3),
     Arch("resnet20", "kdtune.models.cifar_resnet:build_resnet20", _CIFAR_TAPS, "fc",
-         "CIFAR ResNet-20 (He et al. 2016; option widths, default [16, 32, 64])", ("widths",)),
+         "CIFAR ResNet-20 (He et al. 2016; option widths, default [16, 32, 64])", ("widths",),
+         3),
     Arch("resnet18", "kdtune.models.torchvision_resnet:build_resnet18", _RESNET_TAPS, "fc",
          "torchvision ResNet-18"),
     Arch("resnet34", "kdtune.models.torchvision_resnet:build_resnet34", _RESNET_TAPS, "fc",
          "torchvision ResNet-34"),
     Arch("resnet50", "kdtune.models.torchvision_resnet:build_resnet50", _RESNET_TAPS, "fc",
          "torchvision ResNet-50"),
+    Arch("vgg11", "kdtune.models.vgg:build_vgg11", _VGG_TAPS, "fc",
+         "torchvision VGG-11 with batch norm, small-input head (option widths, five ints)",
+         ("widths",), 5),
+    Arch("vgg13", "kdtune.models.vgg:build_vgg13", _VGG_TAPS, "fc",
+         "torchvision VGG-13 with batch norm, small-input head (option widths)", ("widths",), 5),
+    Arch("vgg16", "kdtune.models.vgg:build_vgg16", _VGG_TAPS, "fc",
+         "torchvision VGG-16 with batch norm, small-input head (option widths)", ("widths",), 5),
 )}
 
 
