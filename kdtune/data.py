@@ -277,30 +277,45 @@ def split_indices(labels: np.ndarray, fractions: tuple[float, float, float],
     return tuple(np.sort(np.concatenate(p)) for p in parts)  # type: ignore[return-value]
 
 
-def load_splits(name: str, *, data_dir: str | Path | None = None, download: bool = False,
-                fractions: tuple[float, float, float] | None = None, split_seed: int = 0,
-                max_train: int | None = None, path: str | Path | None = None,
-                knobs: Knobs | None = None) -> Splits:
-    """Load a dataset by name, carve its train/val/test splits and apply its knobs.
+@dataclass
+class Pool:
+    """A dataset's images before splitting: the source's train and test files pooled, the
+    class subset applied (uint8 N x C x H x W, int64 labels)."""
 
-    ``fractions`` None means the core study's split (:func:`kdtune.sources.paper_fractions`); ``path`` is the
-    folder of an ``imagefolder`` dataset.
-    """
+    name: str
+    images: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+
+
+def load_pool(name: str, *, data_dir: str | Path | None = None, download: bool = False,
+              path: str | Path | None = None, classes: int | tuple[int, ...] | None = None
+              ) -> Pool:
+    """Read a dataset by name, pooled over its own files, with the ``classes`` knob applied."""
     if name not in LOADERS:
         raise KeyError(f"unknown dataset '{name}' (known: {', '.join(LOADERS)})")
-    knobs = knobs or Knobs()
     source = path if name == "imagefolder" else data_dir
     images, labels, num_classes = LOADERS[name](Path(source) if source else None, download)
     try:
-        images, labels, num_classes = select_classes(images, labels, num_classes, knobs.classes)
+        images, labels, num_classes = select_classes(images, labels, num_classes, classes)
     except ValueError as error:
         raise DatasetError(f"{name}: {error}") from None
-    train, val, test = split_indices(labels, fractions or paper_fractions(name), split_seed)
+    return Pool(name, images, labels, num_classes)
+
+
+def split_pool(pool: Pool, *, fractions: tuple[float, float, float] | None = None,
+               split_seed: int = 0, max_train: int | None = None,
+               knobs: Knobs | None = None) -> Splits:
+    """Carve stratified train/val/test splits from ``split_seed`` and apply the knobs (drawn
+    from ``split_seed`` too). ``fractions`` None: the core study's split."""
+    knobs = knobs or Knobs()
+    labels, num_classes = pool.labels, pool.num_classes
+    train, val, test = split_indices(labels, fractions or paper_fractions(pool.name), split_seed)
     if max_train is not None and max_train < len(train):
         # subsample the training split only: val and test stay the same for every variant
         train = np.sort(np.random.default_rng(split_seed + 1).choice(train, max_train,
                                                                      replace=False))
-    x = torch.from_numpy(np.ascontiguousarray(images))
+    x = torch.from_numpy(np.ascontiguousarray(pool.images))
     y = torch.from_numpy(labels)
     parts = {split: (apply_image_knobs(x[idx], knobs, split, split_seed), y[idx])
              for split, idx in (("train", train), ("val", val), ("test", test))}
@@ -310,7 +325,24 @@ def load_splits(name: str, *, data_dir: str | Path | None = None, download: bool
     train_float = train_x.float() / 255.0
     mean = tuple(float(v) for v in train_float.mean(dim=(0, 2, 3)))
     std = tuple(max(float(v), 1e-3) for v in train_float.std(dim=(0, 2, 3)))
-    return Splits(name, train_x, train_y, *parts["val"], *parts["test"], num_classes, mean, std)
+    return Splits(pool.name, train_x, train_y, *parts["val"], *parts["test"], num_classes,
+                  mean, std)
+
+
+def load_splits(name: str, *, data_dir: str | Path | None = None, download: bool = False,
+                fractions: tuple[float, float, float] | None = None, split_seed: int = 0,
+                max_train: int | None = None, path: str | Path | None = None,
+                knobs: Knobs | None = None) -> Splits:
+    """Load a dataset by name, carve its train/val/test splits and apply its knobs.
+
+    ``fractions`` None means the core study's split (:func:`kdtune.sources.paper_fractions`);
+    ``path`` is the folder of an ``imagefolder`` dataset.
+    """
+    knobs = knobs or Knobs()
+    pool = load_pool(name, data_dir=data_dir, download=download, path=path,
+                     classes=knobs.classes)
+    return split_pool(pool, fractions=fractions, split_seed=split_seed, max_train=max_train,
+                      knobs=knobs)
 
 
 # ----------------------------------------------------------------------------- batches

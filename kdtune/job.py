@@ -32,13 +32,15 @@ class TrialJob:
     cpus: float = 1.0  # threads; resolved from the spec's resources for the trial's role
     gpus: float = 0.0
     selected_from: str | None = None  # a final run: the search trial whose config it retrains
+    split_seed: int | None = None  # final.resplit: the split this trial's data is drawn with
 
     def to_config(self) -> dict[str, Any]:
         """A flat dict for Ray's param space; hyperparameters that are set sit at the top level
         (where Optuna's suggestions for them land too)."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "hp"}
-        if self.selected_from is None:
-            del out["selected_from"]
+        for optional in ("selected_from", "split_seed"):
+            if out[optional] is None:
+                del out[optional]
         return out | self.hp.as_dict()
 
     @classmethod
@@ -51,13 +53,18 @@ class TrialJob:
             raise ValueError(f"trial config has unknown keys {sorted(unknown)}")
         values = {k: flat[k] for k in _FIELDS - {"hp"} if k in flat}
         for key, cast in (("dataset_index", int), ("seed", int), ("cpus", float),
-                          ("gpus", float)):
-            if key in values:
+                          ("gpus", float), ("split_seed", int)):
+            if values.get(key) is not None:
                 values[key] = cast(values[key])
         return cls(hp=Hyperparams.from_mapping(flat), **values)
 
     def with_hp(self, **values: Any) -> TrialJob:
         return replace(self, hp=replace(self.hp, **values))
+
+    def key(self) -> tuple:
+        """What makes two jobs the same trial (a study never runs one twice)."""
+        return (self.role, self.dataset_index, self.method, self.seed, self.split_seed,
+                self.stage if self.role == "search" else "")
 
 
 _FIELDS = {f.name for f in fields(TrialJob)}

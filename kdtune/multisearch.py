@@ -7,7 +7,8 @@ as soon as a search has finished, the final runs of its best config:
 
 - :class:`StudySearcher` routes ``suggest`` to the searches in order, each behind its own
   concurrency limit (so TPE is fed in small steps however large the cluster), tags each config
-  with its stage, and releases a search's final runs once every trial of that search is done;
+  with its stage, and then hands out whatever else the study needs now (``pending``: the final
+  runs of every finished search, round by round, and the teachers they wait for);
 - :class:`PerStageASHA` gives each search its own ASHA bracket (rung cutoffs never mix
   datasets or methods) and never stops a final run;
 - :class:`SparingFIFO` (which PerStageASHA extends) keeps Tune from killing a worker that is
@@ -28,38 +29,52 @@ from ray.tune.search import Searcher
 @dataclass
 class SearchPart:
     """One (dataset, method) search: ``trials`` suggestions from ``searcher`` (an OptunaSearch
-    behind a ConcurrencyLimiter) merged with ``constants``; then the final runs ``finals()``
-    returns, computed once the search is done (they depend on its best trial)."""
+    behind a ConcurrencyLimiter) merged with ``constants``."""
 
     stage: str
     searcher: Searcher
     trials: int
     constants: dict[str, Any]
-    finals: Callable[[], list[dict[str, Any]]]
     suggested: int = 0
     running: set[str] = field(default_factory=set)
-    final_jobs: list[dict[str, Any]] | None = None  # None until released
 
     @property
     def searching(self) -> bool:
         return self.suggested < self.trials or bool(self.running)
 
 
-class StudySearcher(Searcher):
-    """Hands out the trials of several searches and their final runs, in order."""
+# the jobs the study needs now, given the stages of the searches that are done; and a job's key
+Pending = Callable[[set[str]], list[dict[str, Any]]]
+JobKey = Callable[[dict[str, Any]], tuple]
 
-    def __init__(self, parts: list[SearchPart], metric: str = "val_acc", mode: str = "max",
-                 on_release: Callable[[SearchPart], None] | None = None) -> None:
+
+class StudySearcher(Searcher):
+    """Hands out the trials of several searches, in order, then what ``pending`` says the study
+    needs (each job once: a job in flight or done is never handed out again)."""
+
+    def __init__(self, parts: list[SearchPart], pending: Pending, key: JobKey,
+                 metric: str = "val_acc", mode: str = "max") -> None:
         super().__init__(metric=metric, mode=mode)
-        self.parts = parts
-        self.on_release = on_release
-        self._owner: dict[str, tuple[SearchPart, bool]] = {}  # trial -> (part, is a search)
+        self.parts, self.pending, self.key = parts, pending, key
+        self._owner: dict[str, SearchPart] = {}  # search trial -> its search
+        self._in_flight: dict[str, tuple] = {}  # other trial -> its job's key
+        self._handed: set[tuple] = set()  # every job key handed out
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # every search was built complete, with its own space
 
+    def searched(self) -> set[str]:
+        """The stages of the searches that are done."""
+        return {p.stage for p in self.parts if not p.searching}
+
+    def _next_job(self) -> dict[str, Any] | None:
+        for job in self.pending(self.searched()):
+            if self.key(job) not in self._handed:
+                return job
+        return None
+
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        for part in self.parts:  # searches first, in order: they gate the final runs
+        for part in self.parts:  # searches first, in order: the final runs wait for them
             if part.suggested < part.trials:
                 config = part.searcher.suggest(trial_id)
                 if config == Searcher.FINISHED:
@@ -68,19 +83,17 @@ class StudySearcher(Searcher):
                     continue  # at its concurrency limit: try the next search
                 part.suggested += 1
                 part.running.add(trial_id)
-                self._owner[trial_id] = (part, True)
+                self._owner[trial_id] = part
                 return part.constants | config | {"stage": part.stage}
-        for part in self.parts:
-            if not part.searching and part.final_jobs is None:
-                part.final_jobs = list(part.finals())
-                if self.on_release:
-                    self.on_release(part)
-            if part.final_jobs:
-                self._owner[trial_id] = (part, False)
-                return part.final_jobs.pop(0)
-        if all(not p.searching and p.final_jobs == [] for p in self.parts):
+        job = self._next_job()
+        if job is not None:
+            key = self.key(job)
+            self._handed.add(key)
+            self._in_flight[trial_id] = key
+            return job
+        if not any(p.searching for p in self.parts) and not self._in_flight:
             return Searcher.FINISHED
-        return None  # waiting for a search to finish
+        return None  # waiting for a search, or a trial whose result decides what follows
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         # Not passed on: OptunaSearch would store each epoch's val_acc as an Optuna
@@ -91,10 +104,11 @@ class StudySearcher(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
-        part, is_search = self._owner.pop(trial_id, (None, False))
-        if is_search:
+        part = self._owner.pop(trial_id, None)
+        if part is not None:
             part.searcher.on_trial_complete(trial_id, result=result, error=error)
             part.running.discard(trial_id)
+        self._in_flight.pop(trial_id, None)
 
     # Nothing to save: a resumed run rebuilds its searches from trials.parquet and the Optuna
     # journal, not from Tune's experiment state (also when Tune wraps this searcher in a

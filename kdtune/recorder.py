@@ -32,7 +32,7 @@ class Recorder(Callback):
     counts the trials of each stage, for the progress lines."""
 
     def __init__(self, store: Any, spec: StudySpec, stage: str, role: str,
-                 expected: int | dict[str, int], log: Callable[[str], None],
+                 expected: int | dict[str, int | None], log: Callable[[str], None],
                  epoch_columns: tuple[str, ...]) -> None:
         self.store, self.spec, self.stage, self.role, self.log = store, spec, stage, role, log
         self.totals = expected if isinstance(expected, dict) else {stage: expected}
@@ -88,6 +88,7 @@ class Recorder(Callback):
             "node_id": last.get("node_id"), "restarts": int(trial.num_failures),
             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "arch": trained.label, "teacher_arch": teacher.label if teacher else None,
+            "split_seed": job.split_seed,
             **{k: last.get(k) for k in LAST_REPORT_COLUMNS},
         }
         self.store.finish_trial(row)

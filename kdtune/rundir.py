@@ -33,6 +33,7 @@ from kdtune.storage import Location, exists, join, write_atomic
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
 GAINS_FILE = "gains.parquet"
+TRENDS_FILE = "trends.parquet"
 DATASETS_FILE = "datasets.parquet"
 SPEC_FILE = "spec.yaml"
 RUN_FILE = "run.json"
@@ -58,6 +59,8 @@ TRIAL_SCHEMA = pa.schema([
     ("arch", pa.string()), ("teacher_arch", pa.string()), ("omitted_class", pa.int64()),
     ("omitted_class_acc", pa.float64()), ("class_acc_json", pa.string()),
     ("exit_acc_json", pa.string()),
+    # final.resplit: the split seed the trial's data was drawn with (null: the dataset's own)
+    ("split_seed", pa.int64()),
 ])
 
 # one loss column per loss name any method returns (kdtune.methods)
@@ -72,16 +75,48 @@ EPOCH_SCHEMA = pa.schema([
 ])
 
 GAIN_SCHEMA = pa.schema([
-    ("dataset", pa.string()), ("method", pa.string()), ("n_seeds", pa.int64()),
+    ("dataset", pa.string()), ("method", pa.string()),
+    # every number of a comparison is over the seeds both it and its baseline ran (n_seeds)
+    ("n_seeds", pa.int64()), ("n_runs", pa.int64()),
     ("test_acc_mean", pa.float64()), ("test_acc_std", pa.float64()),
     ("scratch_test_acc_mean", pa.float64()), ("gain_pts", pa.float64()),
+    # the paired Student-t 95 % interval (what a verdict rests on), its half-width and the
+    # gain's standard error; a seeded percentile bootstrap beside it (never decides)
     ("gain_ci_low", pa.float64()), ("gain_ci_high", pa.float64()),
-    ("val_acc_mean", pa.float64()),
+    ("gain_halfwidth", pa.float64()), ("gain_se", pa.float64()),
+    ("gain_boot_low", pa.float64()), ("gain_boot_high", pa.float64()),
+    # the paired t-test, Holm-adjusted over every comparison of the study; P(method beats its
+    # baseline on a seed) with a Wilson interval; TOST against the equivalence margin
+    ("p_value", pa.float64()), ("p_holm", pa.float64()),
+    ("prob_improvement", pa.float64()), ("prob_improvement_low", pa.float64()),
+    ("prob_improvement_high", pa.float64()), ("tost_p", pa.float64()),
+    ("equivalence_margin", pa.float64()),
+    # pays / hurts / equivalent / inconclusive (kdtune.stats.verdict), and for inconclusive
+    # ones the seeds the target half-width would need at the observed spread
+    ("verdict", pa.string()), ("verdict_reason", pa.string()), ("seeds_needed", pa.int64()),
+    ("target_halfwidth", pa.float64()), ("max_seeds", pa.int64()),
+    ("reached_target", pa.bool_()), ("final_wall_s", pa.float64()),
+    # baseline adequacy: was the baseline still improving over the last fifth of its budget?
+    ("baseline_still_improving", pa.bool_()), ("baseline_rise_pts", pa.float64()),
+    ("adequacy_reason", pa.string()),
+    ("val_acc_mean", pa.float64()), ("val_acc_std", pa.float64()),
     *HP_FIELDS,  # the selected configuration
     # the method the gain is measured against (scratch; reversed_scratch for reversed), and
     # for omit-one-class studies the omitted class and the mean test accuracy on it
     ("baseline", pa.string()), ("omitted_class", pa.int64()),
     ("omitted_class_acc_mean", pa.float64()),
+])
+
+# per method, the gain against an axis (complexity_score, or a swept knob), fitted across the
+# study's datasets (kdtune.results.compute_trends)
+TREND_SCHEMA = pa.schema([
+    ("method", pa.string()), ("axis", pa.string()), ("n_points", pa.int64()),
+    ("slope", pa.float64()), ("slope_low", pa.float64()), ("slope_high", pa.float64()),
+    ("intercept", pa.float64()), ("dof", pa.int64()), ("support", pa.string()),
+    # the line's 95 % band at x: intercept + slope x +- quantile sqrt(mean_se^2
+    # + ((x - x_mean) (slope_high - slope) / quantile)^2)
+    ("x_mean", pa.float64()), ("mean_se", pa.float64()), ("quantile", pa.float64()),
+    ("datasets_json", pa.string()),
 ])
 
 DATASET_SCHEMA = pa.schema([

@@ -36,7 +36,7 @@ from kdtune.models import ARCHS, arch_taps
 from kdtune.sources import SOURCES
 
 if TYPE_CHECKING:
-    from kdtune.data import Splits
+    from kdtune.data import Pool, Splits
     from kdtune.knobs import Knobs
 
 GPU_MODES = ("auto", "fit")
@@ -146,12 +146,29 @@ class DatasetSpec(_Strict):
 
     def load(self) -> Splits:
         """Load this dataset's splits with its knobs applied."""
-        from kdtune.data import load_splits
+        return self.split_from(self.load_pool())
 
-        return load_splits(self.name, data_dir=self.data_dir, download=self.download,
-                           fractions=None if self.split == "paper" else tuple(self.split),
-                           split_seed=self.split_seed, max_train=self.max_train,
-                           path=self.path, knobs=self.knobs())
+    def load_pool(self) -> Pool:
+        """The dataset's images before splitting (read once, split many times by resplit)."""
+        from kdtune.data import load_pool
+
+        return load_pool(self.name, data_dir=self.data_dir, download=self.download,
+                         path=self.path, classes=self.knobs().classes)
+
+    def split_from(self, pool: Pool) -> Splits:
+        """This variant's splits (its split seed, volume and knobs) carved from ``pool``."""
+        from kdtune.data import split_pool
+
+        return split_pool(pool, fractions=None if self.split == "paper" else tuple(self.split),
+                          split_seed=self.split_seed, max_train=self.max_train,
+                          knobs=self.knobs())
+
+    def resplit(self, seed: int) -> DatasetSpec:
+        """This dataset re-drawn for final seed ``seed`` (``final.resplit``): the same variant
+        with a split seed derived from its own and the seed, so train, val and test (and every
+        knob's draw) differ per seed, and each seed's teacher is its own."""
+        digest = hashlib.sha256(f"resplit:{self.split_seed}:{seed}".encode()).hexdigest()
+        return self.model_copy(update={"split_seed": int(digest[:8], 16)})
 
 
 class ModelSpec(_Strict):
@@ -292,7 +309,45 @@ class SearchSpec(_Strict):
 
 
 class FinalSpec(_Strict):
+    """The final evaluation: each search's best config (on validation) retrained per seed.
+
+    ``seeds`` are the first round. With ``target_halfwidth`` (points, 95 %), every comparison
+    of a method with its baseline whose paired interval is wider than the target gets more
+    seeds (its baseline runs the same ones), round after round, until the target or
+    ``max_seeds``; never fewer than ``min_seeds`` (kdtune.stats.next_round says why). The rule
+    looks at the width of the interval only, never at its sign. ``resplit`` re-draws the
+    train/val/test split per seed (a teacher per split). ``equivalence_margin`` (points) lets
+    a verdict say ``equivalent`` (TOST)."""
+
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    target_halfwidth: float | None = Field(default=None, gt=0)
+    max_seeds: int | None = Field(default=None, ge=2, le=1000)
+    min_seeds: int = Field(default=5, ge=2)
+    resplit: bool = False
+    equivalence_margin: float | None = Field(default=None, gt=0)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError("a seed is listed twice")
+        return value
+
+    @model_validator(mode="after")
+    def _rounds(self) -> FinalSpec:
+        if self.target_halfwidth is not None and self.max_seeds is None:
+            raise ValueError("@max_seeds: final.target_halfwidth needs final.max_seeds (the "
+                             "most seeds a comparison may run), e.g. max_seeds: 20")
+        if self.max_seeds is not None and self.max_seeds < len(self.seeds):
+            raise ValueError(f"@max_seeds: {self.max_seeds} is fewer than the "
+                             f"{len(self.seeds)} seeds of the first round")
+        return self
+
+    def all_seeds(self) -> list[int]:
+        """The first round, then the seeds later rounds draw from, in order."""
+        extra = range(max(self.seeds) + 1, max(self.seeds) + 1 + (self.max_seeds or 0))
+        return (self.seeds + [s for s in extra if s not in self.seeds])[:max(
+            len(self.seeds), self.max_seeds or 0)]
 
 
 def _gpu_request(value: Any) -> float | str:

@@ -244,6 +244,16 @@ class Trend:
     n_points: int
     dof: int
     support: str  # grows, falls, not supported, too few points
+    x_mean: float = math.nan  # the weighted mean of x, where the fitted line is surest
+    mean_se: float = math.nan  # the standard error of the fitted gain at x_mean
+    quantile: float = math.nan  # the t (or normal) quantile of the intervals
+
+    def band(self, x: float) -> tuple[float, float]:
+        """The 95 % band of the fitted line at ``x`` (the line's own uncertainty)."""
+        se_slope = (self.slope_high - self.slope) / self.quantile
+        fit = self.intercept + self.slope * x
+        half = self.quantile * math.sqrt(self.mean_se**2 + ((x - self.x_mean) * se_slope)**2)
+        return fit - half, fit + half
 
 
 def gain_trend(x: Sequence[float], gains: Sequence[float], ses: Sequence[float],
@@ -275,17 +285,19 @@ def gain_trend(x: Sequence[float], gains: Sequence[float], ses: Sequence[float],
     sxx = float((w * (xs - x_bar) ** 2).sum())
     slope = float((w * (xs - x_bar) * (ys - y_bar)).sum() / sxx)
     intercept = y_bar - slope * x_bar
-    se = math.sqrt(1.0 / sxx)
+    se, mean_se = math.sqrt(1.0 / sxx), math.sqrt(1.0 / float(w.sum()))
     q = 1 - (1 - level) / 2
     if k > 2:
         chi2 = float((w * (ys - intercept - slope * xs) ** 2).sum())
-        se *= math.sqrt(max(1.0, chi2 / (k - 2)))
+        scale = math.sqrt(max(1.0, chi2 / (k - 2)))
+        se, mean_se = se * scale, mean_se * scale
         quantile = _t_quantile(q, k - 2)
     else:
         quantile = math.sqrt(2) * _erfinv(level)
     low, high = slope - quantile * se, slope + quantile * se
     support = "grows" if low > 0 else "falls" if high < 0 else "not supported"
-    return Trend(slope, low, high, intercept, k, max(0, k - 2), support)
+    return Trend(slope, low, high, intercept, k, max(0, k - 2), support, x_bar, mean_se,
+                 quantile)
 
 
 @dataclass(frozen=True)

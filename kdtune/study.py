@@ -27,12 +27,13 @@ import yaml
 from kdtune import console, methods
 from kdtune.cluster import check_shared_storage
 from kdtune.data import Splits
+from kdtune.finals import done_seeds, required_seeds
 from kdtune.hparams import Hyperparams
 from kdtune.job import TrialJob
 from kdtune.preflight import check_datasets, check_storage
 from kdtune.recorder import Recorder
 from kdtune.resources import ClusterView, ResourcePlan, Shape, resolve, roles_needed
-from kdtune.results import best_search_trial, compute_gains
+from kdtune.results import FinalSettings, best_search_trial, compute_gains, compute_trends
 from kdtune.rundir import (
     DATASET_SCHEMA,
     DATASETS_FILE,
@@ -42,6 +43,8 @@ from kdtune.rundir import (
     JOURNAL_FILE,
     RUN_FILE,
     SPEC_FILE,
+    TREND_SCHEMA,
+    TRENDS_FILE,
     TRIALS_FILE,
     ResultsStore,
     new_run_dir,
@@ -90,7 +93,9 @@ class Study:
         self.splits: list[Splits] | None = None  # loaded by the driver, put in the object store
         self.plan: ResourcePlan | None = None  # resolved resources per role
         self._data_refs: list[Any] | None = None
+        self._pool_refs: list[Any] | None = None  # final.resplit: the images before splitting
         self._teacher_refs: dict[str, Any] = {}
+        self._said: set[tuple] = set()
 
     @classmethod
     def create(cls, spec: StudySpec, spec_text: str, log: Callable[[str], None] = console.log,
@@ -166,6 +171,8 @@ class Study:
 
             # once per run: every stage's trials read the same objects, on any node
             self._data_refs = [ray.put(s) for s in self.splits]
+            if self.spec.final.resplit:  # each final seed splits these its own way
+                self._pool_refs = [ray.put(ds.load_pool()) for ds in self.spec.datasets]
 
     def _write_meta(self, status: str, **extra: Any) -> None:
         path = self.run_dir / RUN_FILE
@@ -183,7 +190,7 @@ class Study:
     def _teachers(self, model: str = "teacher") -> dict[int, tuple[str, Location]]:
         """Train (or reuse) the pretrained models of one spec architecture: ``teacher``, or
         ``student`` for the pretrained copy of the student that teaches self/reversed."""
-        from kdtune.trainables import train_teacher
+        from kdtune.trainables import train
 
         spec = self.spec
         method = methods.PRETRAINED[model]
@@ -208,7 +215,7 @@ class Study:
             from ray import tune
 
             callback = self._recorder(stage, "teacher", len(jobs))
-            fit_stage(train_teacher, spec, self.tune_dir, stage,
+            fit_stage(train, spec, self.tune_dir, stage,
                       {"job": tune.grid_search(jobs)}, 1, callback, plan=self.plan,
                       data=self._data_refs)
             missing = [tid for i, tid in to_train if not exists(out[i][1])]
@@ -268,59 +275,113 @@ class Study:
         constants = TrialJob(stage, "search", index, method, spec.final.seeds[0],
                              teacher_id=teacher[0], teacher_path=str(teacher[1]),
                              **self._cpus_gpus(method)).to_config()
-        return SearchPart(stage, searcher, remaining, constants,
-                          finals=lambda: self._final_jobs(index, method, teachers))
+        return SearchPart(stage, searcher, remaining, constants)
 
-    def _final_jobs(self, index: int, method: str,
-                    teachers: dict[int, tuple[str, Location]]) -> list[dict[str, Any]]:
-        """The best search trial of (dataset, method) (on validation), retrained on each seed
-        not yet finished; called once that search is done."""
-        spec, ds = self.spec, self.spec.datasets[index]
-        best = best_search_trial(self.store.trials, ds.label, method)
-        if best is None:
-            self.log(f"final: no finished search trial for {ds.label} {method}; skipped")
-            return []
-        # the selected trial's config as it ran: json, since a row's hyperparameter columns
-        # hold the budget's effective values, which a trial did not necessarily set
-        hp = Hyperparams.from_mapping(json.loads(best["config_json"]))
-        teacher_id, path = teachers.get(index, ("", ""))
-        jobs = [TrialJob("final", "final", index, method, seed, hp, teacher_id, str(path),
-                         selected_from=best["trial_id"], **self._cpus_gpus(method))
-                for seed in spec.final.seeds
-                if not self.store.finished(role="final", dataset=ds.label, method=method,
-                                           seed=seed)]
-        if jobs:
-            self.log(f"final {ds.label} {method}: {best['trial_id']} (val "
-                     f"{best['val_acc']:.1f}%) on seeds {[j.seed for j in jobs]}")
-        return [j.to_config() for j in jobs]
+    def _pending(self, searched: set[str]) -> list[dict[str, Any]]:
+        """What the study needs now, given the searches that are done: each search's best
+        config (on validation) retrained on every seed its comparison asks for so far
+        (:mod:`kdtune.finals`), and under ``final.resplit`` the teacher of each seed's split
+        first. Called again whenever a trial ends."""
+        spec, rows = self.spec, self.store.trials
+        needed = required_seeds(spec, rows)
+        jobs: dict[tuple, TrialJob] = {}
+        for index, ds in enumerate(spec.datasets):
+            for method in spec.methods:
+                if stage_name("search", ds.label, method) not in searched:
+                    continue
+                best = best_search_trial(rows, ds.label, method)
+                if best is None:
+                    self._say_once(("none", ds.label, method), f"final: no finished search "
+                                   f"trial for {ds.label} {method}; skipped")
+                    continue
+                # the selected trial's config as it ran: json, since a row's hyperparameter
+                # columns hold the budget's effective values, which it did not all set
+                hp = Hyperparams.from_mapping(json.loads(best["config_json"]))
+                done = done_seeds(rows, ds.label, method)
+                todo = [seed for seed in needed[(ds.label, method)] if seed not in done]
+                if todo:
+                    self._say_once(("final", ds.label, method, tuple(todo)),
+                                   f"final {ds.label} {method}: {best['trial_id']} (val "
+                                   f"{best['val_acc']:.1f}%) on seeds {todo}")
+                for seed in todo:
+                    job = self._final_job(index, method, seed, hp, best["trial_id"])
+                    jobs[job.key()] = job
+        return [j.to_config() for j in jobs.values()]
+
+    def _final_job(self, index: int, method: str, seed: int, hp: Hyperparams,
+                   selected_from: str) -> TrialJob:
+        """The final run of ``method`` on ``seed``; under ``final.resplit``, on that seed's
+        split and taught by that split's teacher, or that teacher's training if it is not
+        stored yet."""
+        spec = self.spec
+        source = methods.get(method).taught_by
+        split_seed = spec.datasets[index].resplit(seed).split_seed if spec.final.resplit \
+            else None
+        teacher_id, path = "", ""
+        if source is not None:
+            ds = spec.datasets[index].resplit(seed) if split_seed is not None \
+                else spec.datasets[index]
+            teacher_id = spec.teacher_id(ds, source)
+            path = teacher_path(spec.storage, teacher_id)
+            if not exists(path):
+                pretrained = methods.PRETRAINED[source]
+                return TrialJob("teachers-resplit", "teacher", index, pretrained,
+                                spec.teacher_seed, teacher_id=teacher_id,
+                                teacher_path=str(path), split_seed=split_seed,
+                                **self._cpus_gpus(pretrained))
+        return TrialJob("final", "final", index, method, seed, hp, teacher_id, str(path),
+                        selected_from=selected_from, split_seed=split_seed,
+                        **self._cpus_gpus(method))
+
+    def _say_once(self, key: tuple, message: str) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            self.log(message)
 
     def _students(self, teachers: dict[str, dict[int, tuple[str, Location]]]) -> None:
         """Every search, and the final runs of each search's best config, in one Tuner: no
         stage barrier, and trial workers stay warm from the first search to the last run.
         ``teachers``: the pretrained models by source (``teacher``, ``student``), then index."""
         from kdtune.multisearch import PerStageASHA, StudySearcher
-        from kdtune.trainables import train_student
+        from kdtune.trainables import train
 
         spec = self.spec
         parts = [self._search_part(index, method,
                                    teachers.get(methods.get(method).taught_by or "", {}))
                  for index in range(len(spec.datasets)) for method in spec.methods]
-        finals = sum(1 for index, ds in enumerate(spec.datasets) for method in spec.methods
-                     for seed in spec.final.seeds
-                     if not self.store.finished(role="final", dataset=ds.label, method=method,
-                                                seed=seed))
         searches = sum(p.trials for p in parts)
-        if not searches and not finals:
+        first = {(ds.label, m): spec.final.seeds for ds in spec.datasets for m in spec.methods}
+        finals = sum(1 for (label, m), seeds in first.items()
+                     for seed in seeds if seed not in done_seeds(self.store.trials, label, m))
+        rounds = spec.final.target_halfwidth is not None
+        if not searches and not self._pending({p.stage for p in parts}):
             self.log("stage final: nothing left to run")
             return
-        self.log(f"stage final: up to {finals} trainings (best config per dataset and method "
-                 f"x seeds {spec.final.seeds}), each search's as soon as it is done")
-        expected = {p.stage: p.trials for p in parts} | {"final": finals}
+        if rounds:
+            self.log(f"stage final: best config per dataset and method on seeds "
+                     f"{spec.final.seeds}, then more seeds, round by round, for every "
+                     f"comparison whose 95% interval is wider than +-"
+                     f"{spec.final.target_halfwidth:g} points (at most {spec.final.max_seeds}"
+                     f" seeds, at least {min(spec.final.min_seeds, spec.final.max_seeds)})")
+        else:
+            self.log(f"stage final: up to {finals} trainings (best config per dataset and "
+                     f"method x seeds {spec.final.seeds}), each search's as soon as it is done")
+        if spec.final.resplit:
+            self.log("final: every seed re-draws the train/val/test split (final.resplit), "
+                     "with a teacher of its own per split")
+        expected: dict[str, int | None] = {p.stage: p.trials for p in parts}
+        expected |= {"final": None if rounds else finals, "teachers-resplit": None}
         callback = self._recorder("final", "final", expected)
-        fit_stage(train_student, spec, self.tune_dir, "students", {}, searches + finals,
-                  callback, searcher=StudySearcher(parts),
+        most = len(spec.final.all_seeds())
+        bound = searches + len(spec.datasets) * most * (
+            len(spec.methods) + (len(methods.teacher_sources(spec)) if spec.final.resplit
+                                 else 0))
+        fit_stage(train, spec, self.tune_dir, "students", {}, bound, callback,
+                  searcher=StudySearcher(parts, self._pending,
+                                         lambda c: TrialJob.from_config(c).key()),
                   scheduler=PerStageASHA(lambda: asha(spec)) if spec.scheduler.asha else None,
-                  plan=self.plan, data=self._data_refs, teachers=self._teacher_refs)
+                  plan=self.plan, data=self._data_refs, teachers=self._teacher_refs,
+                  pools=self._pool_refs)
 
     def run(self, address: str | None = None) -> Path:
         """Run every stage not yet done; write gains and the report; return the run directory."""
@@ -343,12 +404,15 @@ class Study:
         except BaseException:
             self._write_meta("interrupted")
             raise
-        gains = compute_gains(self.store.trials)
+        gains = compute_gains(self.store.trials, self.store.epochs,
+                              FinalSettings.of(self.spec.final))
         write_table_atomic(gains, GAIN_SCHEMA, self.run_dir / GAINS_FILE)
+        trends = compute_trends(gains, read_rows(self.run_dir / DATASETS_FILE))
+        write_table_atomic(trends, TREND_SCHEMA, self.run_dir / TRENDS_FILE)
         report = build_report(self.run_dir)
         wall = time.perf_counter() - started
         self._write_meta("finished", wall_s=round(wall, 1))
-        self.log(console.summary(self.store.trials, gains, wall))
+        self.log(console.summary(self.store.trials, gains, wall, trends))
         self.log(f"report: {report}")
         return self.run_dir
 
@@ -356,8 +420,11 @@ class Study:
 def plan_resources(spec: StudySpec, splits: list[Splits],
                    log: Callable[[str], None] = console.log) -> ResourcePlan:
     """Each role's resources on the connected cluster (``gpus: fit`` measures here)."""
+    sources = methods.teacher_sources(spec)
     train_teacher = not all(exists(teacher_path(spec.storage, spec.teacher_id(ds, model)))
-                            for ds in spec.datasets for model in methods.teacher_sources(spec))
+                            for ds in spec.datasets for model in sources)
+    # under resplit, each final seed's split has a teacher of its own, trained as needed
+    train_teacher = train_teacher or bool(spec.final.resplit and sources)
     shapes = [Shape(s.channels, s.image_size, s.num_classes, splits_bytes(s)) for s in splits]
     plan = resolve(spec, roles_needed(spec, train_teacher), ClusterView.from_ray(), shapes,
                    log=log)

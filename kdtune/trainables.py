@@ -61,18 +61,23 @@ def _cached(cache: dict, key: tuple, make: Any) -> Any:
     return cache[key]
 
 
-def dataset_splits(dataset: DatasetSpec, device: torch.device, ref: Any = None) -> Splits:
+def dataset_splits(dataset: DatasetSpec, device: torch.device, ref: Any = None,
+                   pool: Any = None) -> Splits:
     """A dataset's splits on ``device``, once per worker process (Ray reuses workers).
 
-    ``ref`` is the object-store copy the driver put there (no data folder needed on this node);
-    without it (outside Ray) the dataset is loaded from its source.
+    ``ref`` is the object-store copy of the splits the driver put there (no data folder needed
+    on this node); ``pool`` that of the dataset's images before splitting, which a resplit
+    trial splits with its own split seed; without either (outside Ray) the dataset is loaded
+    from its source.
     """
     def make() -> Splits:
-        if ref is not None:
-            import ray
+        import ray
 
-            # uint8 splits go to the trial's device once; batches are then drawn there by index
+        # uint8 splits go to the trial's device once; batches are then drawn there by index
+        if ref is not None:
             return ray.get(ref).to(device)
+        if pool is not None:
+            return dataset.split_from(ray.get(pool)).to(device)
         return dataset.load().to(device)
 
     key = (ref.hex() if ref is not None else dataset.model_dump_json(), str(device))
@@ -112,10 +117,10 @@ def teacher_key(path: Location, ref: Any = None) -> str:
 
 
 def student_splits(spec: StudySpec, dataset: DatasetSpec, device: torch.device,
-                   ref: Any = None) -> Splits:
+                   ref: Any = None, pool: Any = None) -> Splits:
     """The student's transfer set: the dataset, less the omitted class if the spec omits one."""
     k = spec.distillation.omit_class
-    splits = dataset_splits(dataset, device, ref)
+    splits = dataset_splits(dataset, device, ref, pool)
     if k is None:
         return splits
     key = ((ref.hex() if ref is not None else dataset.model_dump_json()) + f"|omit={k}",
@@ -179,25 +184,35 @@ def accuracy_json(values: dict[Any, float]) -> str:
     return json.dumps({str(k): round(float(v), 4) for k, v in values.items()})
 
 
-def _trial_splits(spec: StudySpec, job: TrialJob, device: torch.device,
-                  data: list[Any] | None) -> Splits:
-    """Pretrained models see every class; students see the transfer set (omit-one-class)."""
+def trial_dataset(spec: StudySpec, job: TrialJob) -> DatasetSpec:
+    """The dataset variant a trial trains on: the spec's, re-drawn with the job's split seed
+    under ``final.resplit``."""
     dataset = spec.datasets[job.dataset_index]
-    ref = data[job.dataset_index] if data else None
+    if job.split_seed is None:
+        return dataset
+    return dataset.model_copy(update={"split_seed": job.split_seed})
+
+
+def _trial_splits(spec: StudySpec, job: TrialJob, device: torch.device,
+                  data: list[Any] | None, pools: list[Any] | None) -> Splits:
+    """Pretrained models see every class; students see the transfer set (omit-one-class)."""
+    dataset = trial_dataset(spec, job)
+    ref = data[job.dataset_index] if data and job.split_seed is None else None
+    pool = pools[job.dataset_index] if pools and job.split_seed is not None else None
     if job.role == "teacher":
-        return dataset_splits(dataset, device, ref)
-    return student_splits(spec, dataset, device, ref)
+        return dataset_splits(dataset, device, ref, pool)
+    return student_splits(spec, dataset, device, ref, pool)
 
 
 def _run(config: dict[str, Any], spec: StudySpec, *, data: list[Any] | None = None,
-         teachers: dict[str, Any] | None = None) -> None:
+         teachers: dict[str, Any] | None = None, pools: list[Any] | None = None) -> None:
     from ray import tune
 
     job = TrialJob.from_config(config)
     started = time.perf_counter()
     torch.set_num_threads(max(1, int(job.cpus)))
     device = pick_device(job.gpus)
-    splits = _trial_splits(spec, job, device, data)
+    splits = _trial_splits(spec, job, device, data, pools)
     teacher = cache = None
     _, teacher_arch = methods.trial_models(spec, job.method)
     if job.role != "teacher" and teacher_arch is not None:
@@ -206,7 +221,7 @@ def _run(config: dict[str, Any], spec: StudySpec, *, data: list[Any] | None = No
         path = as_location(job.teacher_path)
         teacher_ref = (teachers or {}).get(job.teacher_id)
         teacher = load_teacher(spec, path, splits, device, teacher_arch, teacher_ref)
-        key = (teacher_key(path, teacher_ref), spec.datasets[job.dataset_index].model_dump_json(),
+        key = (teacher_key(path, teacher_ref), trial_dataset(spec, job).model_dump_json(),
                spec.distillation.omit_class, str(device))
 
         def cache(distiller: Distiller, budget: Budget) -> str:
@@ -304,21 +319,15 @@ def _class_and_exit_metrics(spec: StudySpec, distiller: Distiller, splits: Split
     return out
 
 
-def train_teacher(config: dict[str, Any], spec: StudySpec, data: list[Any] | None = None) -> None:
-    """Pretrain one model (``config['method']``: ``teacher``, or ``pretrained_student`` for
-    self/reversed) and save it to the study's teacher store.
+def train(config: dict[str, Any], spec: StudySpec, data: list[Any] | None = None,
+          teachers: dict[str, Any] | None = None, pools: list[Any] | None = None) -> None:
+    """The one trainable: a teacher (``role`` teacher: ``teacher``, or ``pretrained_student``
+    for self/reversed, saved to the study's teacher store) or a student (from scratch, or
+    distilled from the stored teacher its job names).
 
-    ``data``: object refs of the datasets' splits (``tune.with_parameters``), by dataset index.
+    ``data``: object refs of the datasets' splits (``tune.with_parameters``), by dataset index;
+    ``teachers``: refs of the teachers' weights by teacher id (absent outside Ray, or for a
+    teacher trained during the run: it is read from its file); ``pools``: refs of the datasets'
+    images before splitting, for ``final.resplit``.
     """
-    _run(config, spec, data=data)
-
-
-def train_student(config: dict[str, Any], spec: StudySpec, data: list[Any] | None = None,
-                  teachers: dict[str, Any] | None = None) -> None:
-    """Train a student: from scratch, or distilled from the stored teacher (``config['method']``).
-
-    ``data`` as for :func:`train_teacher`; ``teachers``: object refs of the teachers' weights by
-    teacher id (absent outside Ray: the teacher is read from its file).
-    """
-    _run(config, spec, data=data, teachers=teachers)
-
+    _run(config, spec, data=data, teachers=teachers, pools=pools)

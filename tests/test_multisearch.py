@@ -28,53 +28,73 @@ class Counting(Searcher):
         self.completed.append(trial_id)
 
 
-def _part(name, trials, limit, finals):
-    released = []
-
-    def make_finals():
-        released.append(name)
-        return [{"stage": "final", "of": name, "seed": s} for s in finals]
-
+def _part(name, trials, limit):
     searcher = ConcurrencyLimiter(Counting(), max_concurrent=limit)
-    return SearchPart(f"search-{name}", searcher, trials, {"method": name}, make_finals), released
+    return SearchPart(f"search-{name}", searcher, trials, {"method": name})
 
 
-def test_searches_fill_slots_in_order_then_release_each_final_when_done():
-    a, released_a = _part("a", trials=3, limit=2, finals=[0, 1])
-    b, released_b = _part("b", trials=2, limit=2, finals=[0])
-    searcher = StudySearcher([a, b])
+def _key(job):
+    return (job["of"], job["seed"])
+
+
+def test_searches_fill_slots_in_order_then_each_search_s_finals_once_it_is_done():
+    a, b = _part("a", trials=3, limit=2), _part("b", trials=2, limit=2)
+    finals = {"search-a": [0, 1], "search-b": [0]}
+    asked = []
+
+    def pending(searched):
+        asked.append(sorted(searched))
+        return [{"stage": "final", "of": stage[-1], "seed": s}
+                for stage in sorted(searched) for s in finals[stage]]
+
+    searcher = StudySearcher([a, b], pending, _key)
     got = [searcher.suggest(f"t{i}") for i in range(4)]
     # a is at its limit after two: b fills the next slots, nothing else is ready yet
     assert [g["stage"] for g in got] == ["search-a", "search-a", "search-b", "search-b"]
     assert got[0] == {"method": "a", "x": 0, "stage": "search-a"}
-    assert searcher.suggest("t4") is None
+    assert searcher.suggest("t4") is None and asked[-1] == []
     searcher.on_trial_result("t0", {"val_acc": 1.0})
     # per-epoch results stay out of Optuna (no journal write per epoch); the final one counts
     searcher.on_trial_complete("t0", {"val_acc": 1.0})
     assert searcher.suggest("t5")["stage"] == "search-a"  # a's third trial
     for t in ("t2", "t3"):  # b is done: its final run is released
         searcher.on_trial_complete(t, {"val_acc": 1.0})
-    assert released_b == [] and released_a == []
     assert searcher.suggest("t6") == {"stage": "final", "of": "b", "seed": 0}
-    assert released_b == ["b"] and released_a == []
-    assert searcher.suggest("t7") is None  # a still runs t1 and t5
+    assert asked[-1] == ["search-b"]
+    assert searcher.suggest("t7") is None  # a still runs t1 and t5; b's final is handed out
     for t in ("t1", "t5"):
         searcher.on_trial_complete(t, {"val_acc": 1.0})
     assert [searcher.suggest(f"t{i}")["seed"] for i in (8, 9)] == [0, 1]
-    assert released_a == ["a"]
-    # every trial is handed out and no search runs: finished (Tune waits for running trials)
-    assert searcher.suggest("t10") == Searcher.FINISHED
+    assert searcher.suggest("t10") is None  # finals still in flight: their results may ask
+    for t in ("t6", "t8", "t9"):
+        searcher.on_trial_complete(t, {"val_acc": 1.0})
+    assert searcher.suggest("t11") == Searcher.FINISHED
     inner = a.searcher.searcher
     assert inner.completed == ["t0", "t1", "t5"] and inner.results == []
 
 
-def test_a_search_with_nothing_left_releases_its_finals_at_once():
-    a, released = _part("a", trials=0, limit=2, finals=[])
-    b, _ = _part("b", trials=0, limit=2, finals=[3])
-    searcher = StudySearcher([a, b])
-    assert searcher.suggest("t0") == {"stage": "final", "of": "b", "seed": 3}
-    assert released == ["a"]
-    assert searcher.suggest("t1") == Searcher.FINISHED
+def test_a_finished_round_can_ask_for_more_and_nothing_is_handed_out_twice():
+    a = _part("a", trials=0, limit=2)  # its search was done in an earlier session
+    done = set()
+
+    def pending(searched):
+        assert searched == {"search-a"}
+        seeds = [0, 1] + ([2, 3] if {0, 1} <= done else [])  # round 2 once round 1 is done
+        return [{"stage": "final", "of": "a", "seed": s} for s in seeds if s not in done]
+
+    searcher = StudySearcher([a], pending, _key)
+    assert [searcher.suggest(f"t{i}")["seed"] for i in (0, 1)] == [0, 1]
+    assert searcher.suggest("t2") is None  # round 1 in flight
+    searcher.on_trial_complete("t0", {})
+    done.add(0)
+    assert searcher.suggest("t3") is None  # seed 1 is still running, and 0 is not repeated
+    searcher.on_trial_complete("t1", {})
+    done.add(1)
+    assert [searcher.suggest(f"t{i}")["seed"] for i in (4, 5)] == [2, 3]
+    for t, seed in (("t4", 2), ("t5", 3)):
+        searcher.on_trial_complete(t, {})
+        done.add(seed)
+    assert searcher.suggest("t6") == Searcher.FINISHED
 
 
 def _trial(trial_id, stage):

@@ -57,7 +57,9 @@ def test_report_holds_every_section_once_with_the_run_s_numbers(run_dir, tmp_pat
     # 2 datasets: a surface, a hint-layer figure, an importance and a curves figure each,
     # plus one gain-versus-complexity figure
     figs = figures(page)
-    assert len(figs) == 9 == page.count("class='plotly-graph-div'")
+    assert len(figs) == 10 == page.count("class='plotly-graph-div'")
+    (selected,) = by_title(page, "Do the best settings move as datasets get harder?")
+    assert {t["name"] for t in selected["data"]} == {"rkd", "ikd"}
     assert len(by_title(page, "where distillation pays")) == 2
     assert len(by_title(page, "effect of the hint layer")) == 2
 
@@ -94,8 +96,13 @@ def test_gain_versus_complexity_plots_scores_gains_and_seed_intervals(run_dir, t
     gains = {(g["dataset"], g["method"]): g
              for g in compute_gains(pq.read_table(run_dir / "trials.parquet").to_pylist())}
     scores = {"mnist": 0.2, "cifar10": 0.7}
-    series = {t["name"]: t for t in fig["data"]}
+    named = {t["name"]: t for t in fig["data"] if t.get("name")}
+    series = {k: v for k, v in named.items() if not k.endswith(" fit")}
     assert set(series) == {"rkd", "ikd", "teacher − scratch"}
+    # the weighted fit of gain on complexity, drawn over the datasets' range, with its band
+    for method in ("rkd", "ikd"):
+        line = named[f"{method} fit"]
+        assert line["x"][0] == pytest.approx(0.2) and line["x"][-1] == pytest.approx(0.7)
     for method in ("rkd", "ikd"):
         t = series[method]
         assert t["text"] == ["mnist", "cifar10"] or method != "ikd"
@@ -212,7 +219,7 @@ def test_comparison_mode_overlays_runs_and_needs_out(tmp_path, capsys):
     assert "comparison of 2 runs" in page
     assert "run run</h3>" in page and "run run (2)</h3>" in page  # same folder names, told apart
     (fig,) = by_title(page, "against dataset complexity")
-    names = {t["name"] for t in fig["data"]}
+    names = {t["name"] for t in fig["data"] if t.get("name")}
     assert {"rkd · run", "ikd · run", "rkd · run (2)", "at · run (2)"} <= names
     table = page.split("class=\"trials\"")[1].split("</table>")[0]
     n = sum(pq.read_table(d / "trials.parquet").num_rows for d in (a, b))
@@ -280,3 +287,41 @@ def test_a_baseline_is_never_the_best_distilled_method_nor_gets_a_gain_table(tmp
         assert best and not any(n.startswith("reversed_scratch") for n in best)
     answer = page.split("id='answer'")[1].split("</div>")[0]
     assert "reversed_scratch</b>" not in answer
+
+
+def test_the_answer_gives_each_verdict_and_the_surfaces_say_how_sure_they_are(run_dir,
+                                                                             tmp_path):
+    page = build_report(run_dir, tmp_path / "r.html").read_text()
+    answer = page.split("id='answer'")[1].split("</div>")[0]
+    gains = [g for g in compute_gains(pq.read_table(run_dir / "trials.parquet").to_pylist())
+             if g.get("baseline")]
+    verdicts = answer.split("class=\"verdicts\"")[1].split("</table>")[0]
+    assert verdicts.count("<tr>") == len(gains) + 1
+    for g in gains:
+        assert f"<b>{g['verdict']}</b>" in verdicts
+    assert "Holm-adjusted" in answer and "Does the gain grow with complexity?" in answer
+    for fig in by_title(page, "where distillation pays"):
+        titles = [a["text"] for a in fig["layout"]["annotations"]]
+        assert all("one trial ±" in t for t in titles), titles
+
+
+
+def _faded_share(page: str) -> float:
+    cells = [v is not None for fig in by_title(page, "where distillation pays")
+             for t in fig["data"] if t.get("type") == "heatmap" for row in t["z"] for v in row]
+    return sum(cells) / max(1, len(cells)) if cells else 0.0
+
+
+def test_a_surface_fitted_to_noise_is_faded_where_the_gp_is_unsure(tmp_path):
+    clean = write_synthetic_run(tmp_path / "clean", datasets=TWO[:1], search_trials=30)
+    noisy = write_synthetic_run(tmp_path / "noisy", datasets=TWO[:1], search_trials=6)
+    table = pq.read_table(noisy / "trials.parquet")
+    rows, rng = table.to_pylist(), np.random.default_rng(0)
+    for r in rows:  # the search trials' accuracies carry no signal at all
+        if r["role"] == "search" and r["val_acc"] is not None and r["method"] != "scratch":
+            r["val_acc"] = 80 + float(rng.normal(0, 5))
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), noisy / "trials.parquet")
+    shares = [_faded_share(build_report(d).read_text()) for d in (clean, noisy)]
+    # six noise-only trials: the band is wider than the surface's range over half the plane
+    # (all but near the trials); thirty trials of a clear signal: almost nowhere
+    assert shares[1] > 0.4 and shares[0] < 0.05

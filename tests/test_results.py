@@ -7,13 +7,20 @@ import math
 import pyarrow.parquet as pq
 import pytest
 
-from kdtune.results import best_search_trial, compute_gains, mean_ci
+from kdtune.results import (
+    FinalSettings,
+    best_search_trial,
+    compute_gains,
+    compute_trends,
+    mean_ci,
+)
 from kdtune.rundir import TRIAL_SCHEMA, write_table_atomic
+from kdtune.stats import holm
 
 
-def _row(method, seed, test, val=90.0, role="final", **kw):
-    return {"dataset": "d", "method": method, "seed": seed, "role": role, "status": "finished",
-            "test_acc": test, "val_acc": val, "trial_id": f"{role}-{method}-{seed}-{val}",
+def _row(method, seed, test, val=90.0, role="final", dataset="d", **kw):
+    return {"dataset": dataset, "method": method, "seed": seed, "role": role, "status": "finished",
+            "test_acc": test, "val_acc": val, "trial_id": f"{role}-{dataset}-{method}-{seed}-{val}",
             "epochs_run": 10, "epochs_budget": 10, **kw}
 
 
@@ -63,3 +70,65 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     table = pq.read_table(path)
     assert table.num_rows == 2 and table.schema == TRIAL_SCHEMA
     assert [p.name for p in tmp_path.iterdir()] == ["trials.parquet"]  # no temp file left
+
+
+def test_the_means_beside_a_gain_are_over_the_seeds_both_ran():
+    # scratch ran seeds 0-3, rkd's seed 3 failed: every number of the comparison uses 0-2
+    rows = [_row("scratch", s, a) for s, a in [(0, 80.0), (1, 82.0), (2, 84.0), (3, 60.0)]]
+    rows += [_row("rkd", s, a) for s, a in [(0, 83.0), (1, 83.0), (2, 87.0)]]
+    rows.append(_row("rkd", 3, 99.0) | {"status": "failed"})
+    gains = {g["method"]: g for g in compute_gains(rows)}
+    g = gains["rkd"]
+    assert g["n_seeds"] == 3 and g["n_runs"] == 3
+    assert g["scratch_test_acc_mean"] == pytest.approx(82.0)  # not 76.5, the mean of all four
+    assert g["gain_pts"] == pytest.approx(g["test_acc_mean"] - g["scratch_test_acc_mean"])
+    assert gains["scratch"]["n_seeds"] == 4  # a baseline's own row: all its seeds
+    assert gains["scratch"]["test_acc_mean"] == pytest.approx(76.5)
+
+
+def test_verdicts_are_holm_adjusted_over_every_comparison():
+    rows = []
+    for dataset, gain in (("a", 3.0), ("b", 0.0), ("c", -3.0)):
+        for s in range(6):
+            noise = [0.2, -0.1, 0.3, -0.2, 0.1, 0.0][s]
+            rows += [_row("scratch", s, 80.0 + s, dataset=dataset),
+                     _row("rkd", s, 80.0 + s + gain + noise, dataset=dataset)]
+    gains = {g["dataset"]: g for g in compute_gains(
+        rows, final=FinalSettings(target_halfwidth=3.0, max_seeds=10,
+                                  equivalence_margin=1.0)) if g["method"] == "rkd"}
+    assert [gains[d]["verdict"] for d in "abc"] == ["pays", "equivalent", "hurts"]
+    raw = [gains[d]["p_value"] for d in "abc"]
+    assert [gains[d]["p_holm"] for d in "abc"] == pytest.approx(holm(raw))
+    assert all(gains[d]["reached_target"] for d in "abc")
+    low, high = gains["a"]["gain_boot_low"], gains["a"]["gain_boot_high"]
+    assert low < gains["a"]["gain_pts"] < high
+    assert gains["a"]["prob_improvement"] == 1.0 and gains["c"]["prob_improvement"] == 0.0
+
+
+def test_a_still_improving_baseline_is_flagged_beside_its_verdict():
+    rows, epochs = [], []
+    for s in range(3):
+        for method, curve in (("scratch", [10 + 8 * e for e in range(10)]),
+                              ("rkd", [90.0] * 10)):
+            r = _row(method, s, curve[-1])
+            rows.append(r)
+            epochs += [{"trial_id": r["trial_id"], "epoch": e + 1, "val_acc": v + 0.3 * s}
+                       for e, v in enumerate(curve)]
+    (g,) = [g for g in compute_gains(rows, epochs) if g["method"] == "rkd"]
+    assert g["baseline_still_improving"] and g["baseline_rise_pts"] == pytest.approx(16.0)
+    assert "budget artefact" in g["adequacy_reason"]
+
+
+def test_trends_fit_the_gain_against_complexity_and_against_a_knob():
+    gains = [{"dataset": d, "method": "rkd", "baseline": "scratch", "gain_pts": g, "gain_se": 0.1}
+             for d, g in (("x", 1.0), ("x[label_noise=0.2]", 3.0), ("x[label_noise=0.4]", 5.0))]
+    datasets = [{"dataset": "x", "complexity_score": 0.2, "knob": None, "knob_value": None},
+                {"dataset": "x[label_noise=0.2]", "complexity_score": 0.4,
+                 "knob": "label_noise", "knob_value": 0.2},
+                {"dataset": "x[label_noise=0.4]", "complexity_score": 0.6,
+                 "knob": "label_noise", "knob_value": 0.4}]
+    trends = {t["axis"]: t for t in compute_trends(gains, datasets)}
+    assert trends["complexity_score"]["slope"] == pytest.approx(10.0)
+    assert trends["complexity_score"]["support"] == "grows"
+    assert trends["label_noise"]["slope"] == pytest.approx(10.0)  # two points of the sweep
+    assert trends["label_noise"]["n_points"] == 2

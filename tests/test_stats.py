@@ -237,3 +237,12 @@ def test_stopping_on_the_first_round_would_under_cover():
     hits = [_adaptive(rng, rng.normal(0, 3), float(rng.choice([1, 2, 3, 4, 6])),
                       min_seeds=3)[0] for _ in range(4000)]
     assert float(np.mean(hits)) < 0.93
+
+
+def test_the_trend_band_is_narrowest_at_the_weighted_mean():
+    t = gain_trend([0.2, 0.4, 0.6, 0.8], [1.0, 4.0, 4.5, 9.0], [1.0, 0.5, 0.5, 1.0])
+    at_mean = t.band(t.x_mean)
+    assert at_mean[0] < t.intercept + t.slope * t.x_mean < at_mean[1]
+    width = lambda x: t.band(x)[1] - t.band(x)[0]  # noqa: E731
+    assert width(t.x_mean) < width(0.2) and width(t.x_mean) < width(0.8)
+    assert width(t.x_mean) == pytest.approx(2 * t.quantile * t.mean_se)

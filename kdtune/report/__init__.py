@@ -118,7 +118,8 @@ def render(runs: list[Run]) -> str:
     def complexity() -> str:  # all runs in one figure
         figure, why = figures.complexity_figure(runs)
         return (fig(figure) + (note(why) if why else "")
-                + "".join(fig(f) for f in figures.knob_figures(runs)))
+                + "".join(fig(f) for f in figures.knob_figures(runs))
+                + fig(figures.selection_figure(runs)))
 
     body = {  # built in page order, so that the figures are numbered in page order
         "overview": per_run(sections.overview),

@@ -18,7 +18,7 @@ from typing import Any
 
 from kdtune import methods as registry
 from kdtune.hparams import HYPERPARAMS
-from kdtune.results import compute_gains
+from kdtune.results import FinalSettings, compute_gains, compute_trends
 from kdtune.rundir import (
     DATASETS_FILE,
     EPOCHS_FILE,
@@ -58,6 +58,7 @@ class Run:
     meta: dict[str, Any]  # run.json
     spec_text: str | None
     gains: list[dict[str, Any]] = field(default_factory=list)
+    trends: list[dict[str, Any]] = field(default_factory=list)
     importance: dict[tuple[str, str], Importance] = field(default_factory=dict)
 
     @property
@@ -86,6 +87,14 @@ class Run:
         """The methods run that are not baselines (the ones a gain is reported for)."""
         return [m for m in self.methods(dataset) if not registry.is_baseline(m)]
 
+    def trial_noise(self, dataset: str, method: str) -> float | None:
+        """The seed noise of one search trial's validation accuracy: the sd over the final
+        seeds of the selected config (the same config, other seeds)."""
+        g = next((g for g in self.gains if g["dataset"] == dataset and g["method"] == method),
+                 None)
+        sd = g.get("val_acc_std") if g else None
+        return float(sd) if _num(sd) else None
+
     def scratch_reference(self, dataset: str, baseline: str | None = None) -> float | None:
         """Validation accuracy of the tuned ``baseline`` (``scratch``, or ``reversed_scratch``
         for ``reversed``), the zero of every gain surface.
@@ -109,6 +118,20 @@ def _num(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def spec_dict(spec_text: str | None) -> dict[str, Any]:
+    """The run's spec.yaml as a mapping ({} if missing or unreadable): the report shows a run
+    as it was specified, even by another kdtune version, so it reads, never validates."""
+    if not spec_text:
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(spec_text)
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -129,7 +152,10 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
               datasets=read_rows(path / DATASETS_FILE), meta=_read_json(path / RUN_FILE),
               spec_text=spec_file.read_text(encoding="utf-8", errors="replace")
               if spec_file.exists() else None)
-    run.gains = compute_gains(run.trials)
+    final = spec_dict(run.spec_text).get("final")
+    run.gains = compute_gains(run.trials, run.epochs,
+                              FinalSettings.of(final if isinstance(final, dict) else {}))
+    run.trends = compute_trends(run.gains, run.datasets)
     run.importance = importances(run)
     return run
 

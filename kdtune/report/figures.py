@@ -78,7 +78,10 @@ def surface_figure(run: Run, dataset: str, prefix: str = "") -> go.Figure | None
         fits[m] = fit_surface([r["alpha"] for r in done], [r["tau"] for r in done],
                               [r["val_acc"] - bases[m] for r in done])
         n = sum(1 for r in rows if r["method"] == m)
-        titles.append(f"{esc(m)} · {n} trials" + ("" if fits[m] else " · too few to fit"))
+        noise = run.trial_noise(dataset, m)
+        titles.append(f"{esc(m)} · {n} trials" + ("" if fits[m] else " · too few to fit")
+                      + (f" · one trial ±{noise:.1f} pts (seed sd)" if noise is not None
+                         else ""))
     fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=titles,
                         horizontal_spacing=0.08, vertical_spacing=0.16)
     layers = sorted({r["hint_layer"] for r in rows if r["hint_layer"] is not None})
@@ -110,6 +113,18 @@ def surface_figure(run: Run, dataset: str, prefix: str = "") -> go.Figure | None
                 line=dict(width=0.5), name=f"{esc(m)} fitted", showlegend=False,
                 hovertemplate="α=%{x:.2f} τ=%{y:.2f}<br>fitted: %{z:+.2f} pts"
                               "<extra>GP surface</extra>"), row=row, col=col)
+            # where the fit's 95 % band (+-1.96 posterior sd) is wider than the surface's whole
+            # range it knows less than it shows: fade it (8 noisy single-seed trials are no
+            # confident map)
+            spread = float(surface.z.max() - surface.z.min())
+            unsure = [[1.0 if 2 * 1.96 * sd > spread else None for sd in sd_row]
+                      for sd_row in surface.sd]
+            if any(v for sd_row in unsure for v in sd_row):
+                fig.add_trace(go.Heatmap(
+                    x=surface.x, y=surface.y, z=unsure, showscale=False, hoverinfo="skip",
+                    colorscale=[[0, "rgba(255,255,255,0.7)"], [1, "rgba(255,255,255,0.7)"]],
+                    name="uncertain", legendgroup="uncertain", showlegend=legend("uncertain")),
+                    row=row, col=col)
         mrows = [r for r in rows if r["method"] == m]
         base, ref = bases[m], (refs[m] if ref_ok else None)
         groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -156,7 +171,8 @@ def surface_figure(run: Run, dataset: str, prefix: str = "") -> go.Figure | None
     fig.update_layout(
         title=_title(f"{esc(prefix)}{esc(dataset)}: where distillation pays on the α–τ plane",
                      "colour: " + what + "; surface: Gaussian-process fit over the finished "
-                     "search trials (other searched parameters vary and act as noise)"),
+                     "search trials (other searched parameters vary and act as noise), faded "
+                     "where its 95% band is wider than the surface's whole range"),
         height=360 * nrows + 90, legend=dict(orientation="h", y=-0.18 if nrows == 1 else -0.08))
     return fig
 
@@ -300,11 +316,18 @@ def complexity_figure(runs: list[Run]) -> tuple[go.Figure | None, str]:
                 arrayminus=[_nz(p[5] - p[6]) if _num(p[6]) else 0 for p in pts]),
             customdata=[_gain_hover(p, multi) for p in pts],
             hovertemplate="%{customdata}<extra></extra>"))
+    if measured:
+        for ri, run in enumerate(runs):
+            for t in run.trends:
+                if t["axis"] == "complexity_score" and _num(t.get("quantile")):
+                    _trend_traces(fig, t, run, multi, colour(t["method"], order),
+                                  [p[4] for p in points if p[0] == ri and p[2] == t["method"]])
     fig.add_hline(y=0, line_color="#555", line_width=1)
     fig.update_layout(
         title=_title("Gain over the scratch student against dataset complexity",
                      "test accuracy points, mean over seeds; error bars: paired 95% CI over the "
-                     "seeds; dashed (click to show): teacher − scratch gap"),
+                     "seeds; solid line and band: weighted fit of gain on complexity and its "
+                     "95% band; dashed (click to show): teacher − scratch gap"),
         xaxis_title=("measured complexity score (0 = easy, 1 = hard)" if measured
                      else "dataset (complexity not measured)"),
         yaxis_title="gain, pts", height=460, scattermode="group")
@@ -313,6 +336,30 @@ def complexity_figure(runs: list[Run]) -> tuple[go.Figure | None, str]:
         pad = max(0.05, 0.08 * (high - low))
         fig.update_xaxes(range=[low - pad, high + pad])
     return fig, " ".join(notes)
+
+
+def _trend_traces(fig: go.Figure, t: dict[str, Any], run: Run, multi: bool, c: str,
+                  xs: list[float]) -> None:
+    """The fitted line of gain on complexity and its 95 % band, over the datasets' range."""
+    from kdtune.stats import Trend
+
+    if len(xs) < 2:
+        return
+    trend = Trend(t["slope"], t["slope_low"], t["slope_high"], t["intercept"], t["n_points"],
+                  t["dof"], t["support"], t["x_mean"], t["mean_se"], t["quantile"])
+    grid = [min(xs) + (max(xs) - min(xs)) * i / 40 for i in range(41)]
+    bands = [trend.band(x) for x in grid]
+    name = f"{esc(t['method'])} fit" + (f" · {esc(run.label)}" if multi else "")
+    fig.add_trace(go.Scatter(
+        x=grid + grid[::-1], y=[b[1] for b in bands] + [b[0] for b in bands[::-1]],
+        fill="toself", mode="lines", line=dict(width=0), fillcolor=c, opacity=0.12,
+        hoverinfo="skip", legendgroup=name, showlegend=False))
+    fig.add_trace(go.Scatter(
+        x=grid, y=[t["intercept"] + t["slope"] * x for x in grid], mode="lines", name=name,
+        legendgroup=name, line=dict(color=c, width=2.5),
+        hovertemplate=(f"{esc(t['method'])}: slope {t['slope']:+.1f} pts per unit "
+                       f"[{t['slope_low']:+.1f}, {t['slope_high']:+.1f}], {esc(t['support'])}"
+                       "<extra></extra>")))
 
 
 def _gain_hover(p: tuple, multi: bool) -> str:
@@ -339,6 +386,65 @@ def _teacher_acc(run: Run) -> dict[str, float]:
                 r["test_acc"]):
             out.setdefault(r["dataset"], []).append(r["test_acc"])
     return {k: sum(v) / len(v) for k, v in out.items()}
+
+
+def selection_figure(runs: list[Run]) -> go.Figure | None:
+    """Do the best settings move as datasets get harder? Per method, the selected α and τ
+    against the complexity score; bars span the near-best search trials (within one trial's
+    seed noise of the best validation accuracy), i.e. how sharply the search pinned them."""
+    multi = len(runs) > 1
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["selected α", "selected τ"],
+                        horizontal_spacing=0.1)
+    drawn = 0
+    for ri, run in enumerate(runs):
+        order = run.methods()
+        for method in run.distilled():
+            pts = []
+            for g in run.gains:
+                score = run.dataset_meta(g["dataset"]).get("complexity_score")
+                if g["method"] != method or not (_num(score) and _num(g.get("alpha"))
+                                                 and _num(g.get("tau"))):
+                    continue
+                search = [r for r in run.trials if r["role"] == "search"
+                          and r["dataset"] == g["dataset"] and r["method"] == method
+                          and r["status"] == "finished" and _num(r["val_acc"])
+                          and _num(r["alpha"]) and _num(r["tau"])]
+                if not search:
+                    continue
+                best = max(r["val_acc"] for r in search)
+                noise = run.trial_noise(g["dataset"], method) or 1.0
+                near = [r for r in search if r["val_acc"] >= best - noise]
+                pts.append((score, g, near))
+            if not pts:
+                continue
+            pts.sort(key=lambda p: p[0])
+            name = esc(method) + (f" · {esc(run.label)}" if multi else "")
+            for col, key in ((1, "alpha"), (2, "tau")):
+                ys = [p[1][key] for p in pts]
+                fig.add_trace(go.Scatter(
+                    x=[p[0] for p in pts], y=ys, mode="lines+markers", name=name,
+                    legendgroup=name, showlegend=col == 1,
+                    marker=dict(size=10, symbol=SYMBOLS[ri % len(SYMBOLS)],
+                                color=colour(method, order)),
+                    line=dict(color=colour(method, order), dash="dot"),
+                    error_y=dict(type="data", symmetric=False,
+                                 array=[max(r[key] for r in p[2]) - y for p, y in zip(pts, ys)],
+                                 arrayminus=[y - min(r[key] for r in p[2])
+                                             for p, y in zip(pts, ys)]),
+                    text=[f"{esc(p[1]['dataset'])}: {len(p[2])} near-best trial(s)"
+                          for p in pts],
+                    hovertemplate="%{text}<br>" + key + " %{y:.3g}<extra></extra>"),
+                    row=1, col=col)
+                drawn += 1
+    if not drawn:
+        return None
+    fig.update_xaxes(title_text="measured complexity score")
+    fig.update_layout(
+        title=_title("Do the best settings move as datasets get harder?",
+                     "the selected α and τ (on validation) per dataset; bars: the range of the "
+                     "search trials within one trial's seed noise of the best"),
+        height=400, legend=dict(orientation="h", y=-0.22))
+    return fig
 
 
 def knob_figures(runs: list[Run]) -> list[go.Figure]:

@@ -129,7 +129,7 @@ th{background:#f4f4f4;cursor:pointer;user-select:none} th:hover{background:#e8ec
 th[data-dir=asc]::after{content:" ▲"} th[data-dir=desc]::after{content:" ▼"}
 table.trials{font-size:12px} table.trials td{white-space:nowrap} .trials-wrap{max-height:640px;overflow:auto;border:1px solid #eee}
 .trials-wrap th{position:sticky;top:0}
-.pos{color:#1a7f37;font-weight:600} .neg{color:#b42318;font-weight:600}
+.pos{color:#1a7f37;font-weight:600} .neg{color:#b42318;font-weight:600} .eq{color:#1f5fae}
 .answer{background:#f6f9ff;border-left:4px solid #4a7bd0;padding:.6em 1em;margin:1em 0}
 .kv td:first-child{font-weight:600;background:#fafafa}
 pre.spec{background:#f7f7f9;padding:.8em;overflow:auto;font-size:12px;max-height:420px}

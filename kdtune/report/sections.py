@@ -6,22 +6,14 @@ import json
 import math
 from typing import Any
 
-import yaml
-
 from kdtune import methods as registry
 from kdtune.report import paper
-from kdtune.report.data import HYPERPARAMS, Run, _num, compute_summary
+from kdtune.report.data import HYPERPARAMS, Run, _num, compute_summary, spec_dict
 from kdtune.report.html import cell, esc, fmt, fmt_duration, missing, note, table
 
 
 def spec_of(run: Run) -> dict[str, Any]:
-    if not run.spec_text:
-        return {}
-    try:
-        data = yaml.safe_load(run.spec_text)
-    except yaml.YAMLError:
-        return {}
-    return data if isinstance(data, dict) else {}
+    return spec_dict(run.spec_text)
 
 
 def _arch(spec: dict[str, Any], role: str) -> str:
@@ -44,27 +36,80 @@ def _paper_key(run: Run, dataset: str) -> str | None:
 
 # ----------------------------------------------------------------------------- the answer
 
+VERDICT_CLASS = {"pays": "pos", "hurts": "neg", "equivalent": "eq", "inconclusive": "muted"}
+
+
+def verdict_cell(g: dict[str, Any]) -> dict[str, Any]:
+    label = g.get("verdict") or "–"
+    return {"html": f"<span class='{VERDICT_CLASS.get(label, '')}'><b>{esc(label)}</b></span>",
+            "sort": label}
+
+
+def _notes(g: dict[str, Any]) -> str:
+    notes = []
+    target = g.get("target_halfwidth")
+    if _num(target):
+        state = "reached" if g.get("reached_target") else "not reached"
+        notes.append(f"half-width {fmt(g.get('gain_halfwidth'))} (target ±{target:g}: {state})")
+    elif _num(g.get("gain_halfwidth")):
+        notes.append(f"half-width {fmt(g.get('gain_halfwidth'))}")
+    if g.get("verdict") == "inconclusive" and g.get("seeds_needed"):
+        notes.append(f"~{g['seeds_needed']} seeds would reach the target")
+    if g.get("baseline_still_improving"):
+        notes.append(f"<span class='neg'>{esc(g['baseline'])} still improving at the end of its "
+                     f"budget ({fmt(g.get('baseline_rise_pts'), '+.1f')} pts): the gain may be "
+                     "a budget artefact</span>")
+    if _num(g.get("prob_improvement")):
+        notes.append(f"P(beats {esc(g['baseline'])} on a seed) = "
+                     f"{g['prob_improvement']:.2f} [{fmt(g.get('prob_improvement_low'))}, "
+                     f"{fmt(g.get('prob_improvement_high'))}]")
+    return "; ".join(notes)
+
+
+SUPPORT = {"grows": "the gain grows", "falls": "the gain falls",
+           "not supported": "no trend the data support"}
+
+
+def _trend_item(t: dict[str, Any]) -> str:
+    axis = "complexity score" if t["axis"] == "complexity_score" else esc(t["axis"])
+    return (f"<li>{esc(t['method'])}: gain per unit of {axis} {fmt(t['slope'], '+.1f')} points "
+            f"[{fmt(t['slope_low'], '+.1f')}, {fmt(t['slope_high'], '+.1f')}] over "
+            f"{t['n_points']} datasets: <b>{SUPPORT.get(t['support'], esc(t['support']))}</b>"
+            "</li>")
+
+
 def answer(run: Run) -> str:
-    """One line per dataset: did distillation pay, with which method and settings."""
-    parts = []
-    for dataset in run.dataset_labels:
-        rows = [g for g in run.gains if g["dataset"] == dataset and g.get("baseline")
-                and not missing(g["gain_pts"])]
-        if not rows:
-            continue
-        best = max(rows, key=lambda g: g["gain_pts"])
-        significant = _num(best["gain_ci_low"]) and best["gain_ci_low"] > 0
-        verdict = ("distillation paid" if significant else
-                   "no gain distinguishable from zero at 95%" if best["gain_pts"] > 0
-                   or not _num(best["gain_ci_low"]) else "distillation did not pay")
-        hps = ", ".join(f"{k}={fmt(best[k], '.3g')}" for k in ("alpha", "tau", "hint_layer")
-                        if best.get(k) is not None)
-        parts.append(f"<li><b>{esc(dataset)}</b>: {verdict}; best method "
-                     f"<b>{esc(best['method'])}</b>{f' ({hps})' if hps else ''} at "
-                     f"{fmt(best['gain_pts'], '+.2f')} points "
-                     f"[{fmt(best['gain_ci_low'], '+.2f')}, {fmt(best['gain_ci_high'], '+.2f')}]"
-                     ".</li>")
-    return "<ul>" + "".join(parts) + "</ul>" if parts else "<p>No final evaluation yet.</p>"
+    """Every comparison's verdict with its interval and seed count, then the trend."""
+    rows = []
+    order = run.dataset_labels
+    compared = sorted((g for g in run.gains if g.get("baseline")),
+                      key=lambda g: (order.index(g["dataset"]) if g["dataset"] in order else 0,
+                                     g["method"]))
+    for g in compared:
+        hps = ", ".join(f"{k}={fmt(g.get(k), '.3g')}" for k in ("alpha", "tau", "hint_layer")
+                        if g.get(k) is not None)
+        rows.append([esc(g["dataset"]), f"{esc(g['method'])} vs {esc(g['baseline'])}",
+                     _gain_cell(g["gain_pts"], g["gain_ci_low"], g["gain_ci_high"]),
+                     cell(str(g["n_seeds"]), g["n_seeds"]), verdict_cell(g), hps or "–",
+                     _notes(g)])
+    if not rows:
+        return "<p>No final evaluation yet.</p>"
+    counts: dict[str, int] = {}
+    for g in compared:
+        counts[g.get("verdict") or "–"] = counts.get(g.get("verdict") or "–", 0) + 1
+    head = ("<p>" + ", ".join(f"<b>{n}</b> {esc(v)}" for v, n in sorted(counts.items()))
+            + f" of {len(compared)} comparisons. Test accuracy gain over the baseline, in "
+            "points, over the seeds both ran; paired Student-t 95 % interval; verdicts: "
+            "<b>pays</b> / <b>hurts</b> where the Holm-adjusted paired t-test (over every "
+            "comparison of the study) rejects no difference at 5 %, <b>equivalent</b> where "
+            "TOST puts the gain inside the equivalence margin, otherwise "
+            "<b>inconclusive</b>.</p>")
+    trend = [_trend_item(t) for t in run.trends]
+    return (head + table(["dataset", "comparison", "gain, pts [95% CI]", "seeds", "verdict",
+                          "config (selected on validation)", "notes"], rows, "verdicts")
+            + (("<p>Does the gain grow with complexity? A weighted fit of each dataset's "
+                "gain on its measured score (weights from each gain's standard error):</p><ul>"
+                + "".join(trend) + "</ul>") if trend else ""))
 
 
 # ----------------------------------------------------------------------------- overview
@@ -227,7 +272,7 @@ def method_table(run: Run, method: str) -> str:
                                        s["test_acc_mean"] if s else None),
                cell(_mean_sd(g), g["test_acc_mean"]),
                _gain_cell(g["gain_pts"], g["gain_ci_low"], g["gain_ci_high"]),
-               cell(str(g["n_seeds"]), g["n_seeds"]), hps or "–"]
+               cell(str(g["n_seeds"]), g["n_seeds"]), verdict_cell(g), hps or "–"]
         if published:
             key = _paper_key(run, g["dataset"]) or ""
             b_pub, m_pub = paper.published(key, baseline), paper.published(key, method)
@@ -238,7 +283,7 @@ def method_table(run: Run, method: str) -> str:
     if not rows:
         return ""
     headers = ["dataset", f"{baseline}: test acc %", f"{method}: test acc %",
-               "gain, pts [95% CI]", "seeds", "config (selected on validation)"]
+               "gain, pts [95% CI]", "seeds", "verdict", "config (selected on validation)"]
     if published:
         headers += [f"published {baseline}", f"published {method}", "published gain"]
     return table(headers, rows, "paper",
