@@ -239,6 +239,9 @@ def _run(config: dict[str, Any], spec: StudySpec, *, data: list[Any] | None = No
             _inject_fault(config, report.epoch)
             metrics = report.metrics() | {"node_id": node_id,
                                           "wall_s": time.perf_counter() - started,
+                                          # when the epoch ended (Unix seconds): Tune's own
+                                          # timestamps are whole seconds
+                                          "reported_at": time.time(),
                                           "teacher_outputs": trial.teacher_outputs}
             if report.epoch == trial.budget.epochs:
                 metrics |= _final_metrics(spec, trial, splits, report.val_acc)
