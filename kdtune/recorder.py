@@ -24,7 +24,8 @@ from kdtune.spec import StudySpec
 from kdtune.trial import budget_for
 
 # what a trial's last report adds to its row (per-class and per-exit accuracies, omit-one-class)
-LAST_REPORT_COLUMNS = ("omitted_class", "omitted_class_acc", "class_acc_json", "exit_acc_json")
+LAST_REPORT_COLUMNS = ("omitted_class", "omitted_class_acc", "class_acc_json", "exit_acc_json",
+                       "device")
 
 
 class Recorder(Callback):

@@ -174,8 +174,9 @@ def step_peak_bytes(spec: StudySpec, probe: MemoryProbe, shape: Shape, device: A
     import torch
 
     from kdtune.data import Splits
+    from kdtune.devices import autocast
     from kdtune.distill import Batch
-    from kdtune.engine import _autocast, train_step
+    from kdtune.engine import train_step
     from kdtune.job import TrialJob
     from kdtune.models import build_model
     from kdtune.trial import build_trial
@@ -204,7 +205,7 @@ def step_peak_bytes(spec: StudySpec, probe: MemoryProbe, shape: Shape, device: A
     for _ in range(2):
         train_step(trial.distiller, trial.optimizer, Batch(images, labels), t.amp)
     trial.model.eval()
-    with torch.no_grad(), _autocast(device, t.amp):
+    with torch.no_grad(), autocast(device, t.amp):
         trial.model(torch.randn(EVAL_BATCH, *size, device=device))
     if not cuda:
         return 0

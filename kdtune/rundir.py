@@ -61,6 +61,8 @@ TRIAL_SCHEMA = pa.schema([
     ("exit_acc_json", pa.string()),
     # final.resplit: the split seed the trial's data was drawn with (null: the dataset's own)
     ("split_seed", pa.int64()),
+    # the device it trained on: cpu, or cuda:0 (its name)
+    ("device", pa.string()),
 ])
 
 # one loss column per loss name any method returns (kdtune.methods)

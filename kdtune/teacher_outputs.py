@@ -112,11 +112,11 @@ def precompute(teacher: LiveTeacher, train_x: torch.Tensor, mean: tuple[float, .
     enter any loss.
     """
     teacher.eval()
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                if amp and train_x.device.type == "cuda" else torch.autocast("cpu", enabled=False))
+    from kdtune.devices import autocast
+
     chunks: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(train_x), batch_size):
-        with autocast:
+        with autocast(train_x.device, amp):
             out = teacher(normalize(train_x[start:start + batch_size], mean, std))
         for name, value in out.items():
             chunks.setdefault(name, []).append(value)

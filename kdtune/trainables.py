@@ -25,13 +25,13 @@ import torch
 
 from kdtune import methods
 from kdtune.data import Splits, omit_class
+from kdtune.devices import device_name, pick_device
 from kdtune.distill import Distiller
 from kdtune.engine import (
     Budget,
     TrainingDiverged,
     class_accuracies,
     evaluate,
-    pick_device,
     train_epochs,
 )
 from kdtune.job import TrialJob
@@ -237,7 +237,7 @@ def _run(config: dict[str, Any], spec: StudySpec, *, data: list[Any] | None = No
                                    start_epoch=start_epoch, optimizer=trial.optimizer,
                                    generator_state=generator_state):
             _inject_fault(config, report.epoch)
-            metrics = report.metrics() | {"node_id": node_id,
+            metrics = report.metrics() | {"node_id": node_id, "device": device_name(device),
                                           "wall_s": time.perf_counter() - started,
                                           # when the epoch ended (Unix seconds): Tune's own
                                           # timestamps are whole seconds

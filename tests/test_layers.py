@@ -79,7 +79,7 @@ def test_no_import_cycle_in_the_package():
 SCIENCE = ("kdtune.spec", "kdtune.hparams", "kdtune.sources", "kdtune.data", "kdtune.knobs",
            "kdtune.complexity", "kdtune.models", "kdtune.augment", "kdtune.methods",
            "kdtune.engine", "kdtune.trial", "kdtune.distill", "kdtune.losses",
-           "kdtune.teacher_outputs", "kdtune.job")
+           "kdtune.teacher_outputs", "kdtune.job", "kdtune.devices")
 
 
 def test_the_science_layer_imports_neither_ray_nor_optuna():
