@@ -66,6 +66,11 @@ class Recorder(Callback):
 
     def _finish(self, trial: Any, status: str | None, failure: str | None) -> None:
         job, last = self._job(trial), trial.last_result or {}
+        # epochs the driver never saw (a worker died right after reporting one): from the
+        # history the trial's last report carries
+        for epoch in json.loads(last.get("epoch_history") or "[]"):
+            row = self._base(trial, job) | {k: epoch.get(k) for k in self.epoch_columns}
+            self.store.add_epoch(row, replace=False)
         budget = budget_for(self.spec, job)
         epochs_run = int(last.get("epoch") or 0)
         if status is None:

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -152,45 +155,191 @@ def write_table_atomic(rows: list[dict[str, Any]], schema: pa.Schema, path: str 
     write_atomic(path, lambda tmp: pq.write_table(table, tmp))
 
 
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
+def read_rows(path: str | Path, key: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """The rows of a Parquet file, or of a parts dataset (a folder of part files, or the link
+    to one); with ``key``, a row that a later part repeats is kept once, its last version."""
     path = Path(path)
-    return pq.read_table(path).to_pylist() if path.exists() else []
+    if not path.exists():
+        return []
+    rows = pq.read_table(path).to_pylist()
+    if key is None or not path.is_dir():
+        return rows
+    latest = {tuple(r[k] for k in key): r for r in rows}
+    return list(latest.values())
+
+
+class PartsTable:
+    """A Parquet dataset that grows by one small part file per write, whatever its size.
+
+    ``trials.parquet`` is a link to a hidden folder of parts (``.trials.parquet.v3/
+    part-00000001.parquet``, ...): pandas (``read_parquet``), polars and DuckDB read the link as
+    one dataset at any moment. A write adds one part (a temporary file, then a rename: a kill
+    leaves the parts there were). :meth:`compact` rewrites all rows as one part in a new folder
+    and swaps the link in one atomic rename, so no reader ever sees a row twice or misses one;
+    a file lock keeps a compaction (``kdtune report``) and a study's writes from crossing.
+    A run from before parts (a plain file) becomes the first part of its first folder.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self.path, self.schema = Path(path), schema
+        self._seq: int | None = None
+
+    @property
+    def _lock_path(self) -> Path:
+        return self.path.with_name(f".{self.path.name}.lock")
+
+    def _locked(self) -> Any:
+        import contextlib
+        import fcntl
+
+        @contextlib.contextmanager
+        def hold() -> Any:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self._lock_path, "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+
+        return hold()
+
+    def folder(self) -> Path:
+        """The folder the link points to, made (and an old plain file moved in) if need be."""
+        if self.path.is_symlink():
+            return self.path.resolve()
+        version = self.path.with_name(f".{self.path.name}.v1")
+        version.mkdir(parents=True, exist_ok=True)
+        if self.path.is_file():  # a run written before parts: its file is part one
+            os.replace(self.path, version / "part-00000000.parquet")
+        elif self.path.is_dir():  # parts copied back from object storage: a plain folder
+            version.rmdir()
+            os.replace(self.path, version)
+        tmp = self.path.with_name(f".{self.path.name}.link")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(version.name)
+        os.replace(tmp, self.path)
+        return version
+
+    def parts(self) -> list[Path]:
+        if not self.path.exists():
+            return []
+        if self.path.is_file():
+            return [self.path]
+        return sorted(p for p in self.path.resolve().iterdir() if p.name.startswith("part-"))
+
+    def append(self, rows: list[dict[str, Any]]) -> Path | None:
+        """Write ``rows`` as one new part; returns its path (None: nothing to write)."""
+        if not rows:
+            return None
+        with self._locked():
+            folder = self.folder()
+            if self._seq is None or not (folder / _part_name(self._seq)).exists():
+                self._seq = _last_seq(folder)
+            self._seq += 1
+            target = folder / _part_name(self._seq)
+            write_table_atomic(rows, self.schema, target)
+            return target
+
+    def compact(self, key: tuple[str, ...] | None = None) -> Path | None:
+        """Rewrite every row as one part in a new folder, swap the link to it, delete the old
+        folder; returns the new part (None: nothing to compact)."""
+        with self._locked():
+            if not self.path.exists():
+                return None
+            old = self.folder()
+            if len([p for p in old.iterdir() if p.name.startswith("part-")]) <= 1:
+                return next(iter(self.parts()), None)
+            rows = read_rows(self.path, key)
+            number = int(old.name.rsplit(".v", 1)[1]) + 1
+            new = self.path.with_name(f".{self.path.name}.v{number}")
+            shutil.rmtree(new, ignore_errors=True)
+            new.mkdir()
+            # a name no earlier part had: a copy at a URI that holds the old parts uploads it
+            # as new, then deletes the old ones (RunMirror.reconcile)
+            self._seq = _last_seq(old) + 1
+            write_table_atomic(rows, self.schema, new / _part_name(self._seq))
+            tmp = self.path.with_name(f".{self.path.name}.link")
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(new.name)
+            os.replace(tmp, self.path)  # the one atomic step: readers see old or new
+            shutil.rmtree(old, ignore_errors=True)
+            return new / _part_name(self._seq)
+
+
+def _part_name(seq: int) -> str:
+    return f"part-{seq:08d}.parquet"
+
+
+def _last_seq(folder: Path) -> int:
+    """The highest part number in ``folder`` (-1: none)."""
+    numbers = [re.fullmatch(r"part-(\d+)\.parquet", p.name) for p in folder.iterdir()]
+    return max((int(m.group(1)) for m in numbers if m), default=-1)  # any part-N.parquet
+
+
+TRIAL_KEY = ("trial_id",)
+EPOCH_KEY = ("trial_id", "epoch")
 
 
 class ResultsStore:
-    """The run's trial and epoch rows in memory, flushed to Parquet after every finished
-    trial."""
+    """The run's trial and epoch rows: in memory for the study, and written as one new part of
+    ``trials.parquet`` and of ``epochs.parquet`` per finished trial, so a trial costs the same
+    at the ten-thousandth as at the first (``benchmarks/results_scale.py``)."""
 
-    def __init__(self, run_dir: Path, after_flush: Callable[[], None] | None = None) -> None:
+    def __init__(self, run_dir: Path,
+                 after_flush: Callable[[list[Path]], None] | None = None) -> None:
         self.run_dir = Path(run_dir)
-        # the study's copy to object storage, once the files are complete
+        # the study's copy to object storage: the parts a flush wrote
         self.after_flush = after_flush
-        self.trials = read_rows(self.run_dir / TRIALS_FILE)
-        self.epochs = read_rows(self.run_dir / EPOCHS_FILE)
+        self._trials = PartsTable(self.run_dir / TRIALS_FILE, TRIAL_SCHEMA)
+        self._epochs = PartsTable(self.run_dir / EPOCHS_FILE, EPOCH_SCHEMA)
+        self.trials = read_rows(self.run_dir / TRIALS_FILE, TRIAL_KEY)
+        self.epochs = read_rows(self.run_dir / EPOCHS_FILE, EPOCH_KEY)
+        self._index = {r["trial_id"]: i for i, r in enumerate(self.trials)}
         self._pending_epochs: dict[str, list[dict[str, Any]]] = {}
 
-    def add_epoch(self, row: dict[str, Any]) -> None:
-        # held back until the trial ends, so the file never shows epochs of a trial that is
-        # not in trials.parquet (a resumed trial starts over cleanly)
-        # a retried trial reports its epochs again from its last checkpoint: keep the latest
+    def add_epoch(self, row: dict[str, Any], replace: bool = True) -> None:
+        """Hold an epoch row until its trial ends, so the files never show epochs of a trial
+        that is not in trials.parquet (a resumed trial starts over cleanly). A retried trial
+        reports its epochs again from its last checkpoint: the latest is kept; with
+        ``replace`` False a row only fills an epoch that has none."""
         rows = self._pending_epochs.setdefault(row["trial_id"], [])
-        rows[:] = [r for r in rows if r["epoch"] != row["epoch"]] + [row]
+        if any(r["epoch"] == row["epoch"] for r in rows):
+            if not replace:
+                return
+            rows[:] = [r for r in rows if r["epoch"] != row["epoch"]]
+        rows.append(row)
 
     def finish_trial(self, row: dict[str, Any]) -> None:
-        self.trials = [r for r in self.trials if r["trial_id"] != row["trial_id"]] + [row]
-        epochs = self._pending_epochs.pop(row["trial_id"], [])
-        self.epochs = [r for r in self.epochs if r["trial_id"] != row["trial_id"]] + epochs
-        self.flush()
-
-    def flush(self) -> None:
-        write_table_atomic(self.epochs, EPOCH_SCHEMA, self.run_dir / EPOCHS_FILE)
-        write_table_atomic(self.trials, TRIAL_SCHEMA, self.run_dir / TRIALS_FILE)
+        trial_id = row["trial_id"]
+        if trial_id in self._index:  # recorded again (rare): the new row replaces it
+            self.trials[self._index[trial_id]] = row
+            self.epochs = [r for r in self.epochs if r["trial_id"] != trial_id]
+        else:
+            self._index[trial_id] = len(self.trials)
+            self.trials.append(row)
+        epochs = sorted(self._pending_epochs.pop(trial_id, []), key=lambda r: r["epoch"])
+        self.epochs.extend(epochs)
+        # epochs first: a reader may see a trial's epochs a moment before its row, never a row
+        # whose epochs are missing
+        written = [self._epochs.append(epochs), self._trials.append([row])]
         if self.after_flush is not None:
-            self.after_flush()
+            self.after_flush([p for p in written if p is not None])
+
+    def compact(self) -> None:
+        """One part per file (at the end of a run, and on ``kdtune report``)."""
+        self._epochs.compact(EPOCH_KEY)
+        self._trials.compact(TRIAL_KEY)
 
     def finished(self, **match: Any) -> list[dict[str, Any]]:
         return [r for r in self.trials if r["status"] == "finished"
                 and all(r.get(k) == v for k, v in match.items())]
+
+
+def compact_run(run_dir: Path) -> None:
+    """Compact a run directory's parts datasets (a no-op for one written as plain files)."""
+    PartsTable(Path(run_dir) / EPOCHS_FILE, EPOCH_SCHEMA).compact(EPOCH_KEY)
+    PartsTable(Path(run_dir) / TRIALS_FILE, TRIAL_SCHEMA).compact(TRIAL_KEY)
 
 
 def new_run_dir(storage: str, study: str) -> Location:

@@ -447,6 +447,9 @@ class SchedulerSpec(_Strict):
     grace_period: int = Field(default=2, ge=1)
     reduction_factor: float = Field(default=3, gt=1)
     max_retries: int = Field(default=2, ge=0)  # a crashed trial restarts from its checkpoint
+    # a trial checkpoints when this many seconds have passed since its last checkpoint, and
+    # after its last epoch; 0: after every epoch. A crashed trial loses at most that much.
+    checkpoint_every_s: float = Field(default=10.0, ge=0)
 
 
 class StudySpec(_Strict):

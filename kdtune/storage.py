@@ -215,25 +215,64 @@ class RunMirror:
     """Copies a staging run directory's files to its URI, each one again whenever it changed.
 
     ``tune/`` is never in staging (Tune writes straight to the URI); hidden files are the
-    temporary files of atomic writes.
+    temporary files of atomic writes. A parts dataset (``trials.parquet``, a link to a folder
+    of parts) goes up part by part under its own name, ``URI/trials.parquet/part-...``: a sync
+    after a finished trial uploads the one new part it is told of, whatever the run's size;
+    :meth:`reconcile` makes the remote parts match the local ones (after a compaction).
     """
 
     def __init__(self, local: Path, uri: str) -> None:
         self.local, self.uri = Path(local), uri
         self._sent: dict[str, tuple[int, int]] = {}
+        self._parts: dict[str, set[str]] = {}  # dataset -> its part names at the URI
 
-    def sync(self) -> int:
-        """Upload what changed since the last call; returns how many files were uploaded."""
+    def _files(self) -> list[Path]:
+        """The run's plain files: walked without following links (a parts dataset's link is
+        synced part by part, not walked)."""
+        out = []
+        for folder, dirs, files in os.walk(self.local):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                             and not Path(folder, d).is_symlink())
+            out += [Path(folder, f) for f in sorted(files) if not f.startswith(".")
+                    and not f.endswith(".lock") and not Path(folder, f).is_symlink()]
+        return out
+
+    def sync(self, parts: list[Path] | None = None) -> int:
+        """Upload what changed since the last call, and the given new ``parts`` of parts
+        datasets; returns how many files were uploaded."""
         sent = 0
-        for path in sorted(self.local.rglob("*")):
+        for path in self._files():
             rel = path.relative_to(self.local).as_posix()
-            if not path.is_file() or any(p.startswith(".") for p in rel.split("/")) \
-                    or rel.endswith(".lock"):
-                continue
             stat = path.stat()
             stamp = (stat.st_mtime_ns, stat.st_size)
             if self._sent.get(rel) != stamp:
                 upload(path, f"{self.uri}/{rel}")
                 self._sent[rel] = stamp
                 sent += 1
+        for part in parts or []:
+            dataset = self._dataset_of(part)
+            upload(part, f"{self.uri}/{dataset}/{part.name}")
+            self._parts.setdefault(dataset, set()).add(part.name)
+            sent += 1
         return sent
+
+    def _dataset_of(self, part: Path) -> str:
+        """``trials.parquet`` for a part in ``.trials.parquet.v3/``."""
+        return part.parent.name.lstrip(".").rsplit(".v", 1)[0]
+
+    def reconcile(self) -> None:
+        """Make every parts dataset at the URI hold exactly the local parts."""
+        for link in sorted(p for p in self.local.iterdir() if p.is_symlink() and p.is_dir()):
+            local = {p.name: p for p in link.resolve().iterdir() if p.name.startswith("part-")}
+            remote = self._remote_parts(link.name)
+            for name, path in sorted(local.items()):
+                if name not in remote or name not in self._parts.get(link.name, set()):
+                    upload(path, f"{self.uri}/{link.name}/{name}")
+            for name in sorted(remote - set(local)):
+                delete(f"{self.uri}/{link.name}/{name}")
+            self._parts[link.name] = set(local)
+
+    def _remote_parts(self, dataset: str) -> set[str]:
+        fs, path = open_uri(f"{self.uri}/{dataset}")
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        return {i.path.rsplit("/", 1)[-1] for i in infos if i.type == pafs.FileType.File}

@@ -153,10 +153,11 @@ class Study:
         """Tune's experiment folders: beside kdtune's files, at the URI for object storage."""
         return join(self.location, "tune")
 
-    def _sync(self) -> None:
-        """Copy the files that changed to the run's URI (nothing to do for a local run)."""
+    def _sync(self, parts: list[Path] | None = None) -> None:
+        """Copy the files that changed, and the new ``parts`` of the results, to the run's URI
+        (nothing to do for a local run)."""
         if self._mirror is not None:
-            self._mirror.sync()
+            self._mirror.sync(parts)
 
     def _prepare(self, address: str | None) -> None:
         """Join Ray, load the datasets (a resumed run) and resolve resources for this cluster."""
@@ -404,6 +405,9 @@ class Study:
         except BaseException:
             self._write_meta("interrupted")
             raise
+        self.store.compact()  # one part per dataset, at the URI too
+        if self._mirror is not None:
+            self._mirror.reconcile()
         gains = compute_gains(self.store.trials, self.store.epochs,
                               FinalSettings.of(self.spec.final))
         write_table_atomic(gains, GAIN_SCHEMA, self.run_dir / GAINS_FILE)

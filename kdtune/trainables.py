@@ -41,6 +41,10 @@ from kdtune.storage import Location, as_location, join, load_torch, save_torch, 
 from kdtune.teacher_outputs import CachedTeacher, feature_bytes, precompute
 from kdtune.trial import Trial, build_trial
 
+# what each epoch's row holds, beside the trial's own columns (rundir.EPOCH_SCHEMA)
+EPOCH_METRICS = ("epoch", "train_loss", "val_acc", "epoch_s", "wall_s", "reported_at",
+                 *(f"loss_{name}" for name in methods.loss_names()))
+
 _SPLITS_CACHE: dict[tuple[str, str], Splits] = {}
 _TEACHER_CACHE: dict[tuple[str, str], torch.nn.Module] = {}
 _TEACHER_OUTPUTS: dict[tuple, CachedTeacher] = {}
@@ -228,9 +232,11 @@ def _run(config: dict[str, Any], spec: StudySpec, *, data: list[Any] | None = No
             return use_cached_teacher(distiller, splits, key, budget)
 
     trial = build_trial(spec, job, splits, device, teacher, cache)
-    start_epoch, generator_state = _restore(trial, device)
+    start_epoch, generator_state, history = _restore(trial, device)
     previous = tune.get_checkpoint()
     node_id = _node_id()
+    every_s = spec.scheduler.checkpoint_every_s
+    checkpointed = time.perf_counter()
     _inject_fault(config, start_epoch)  # epoch 0: before any training
     try:
         for report in train_epochs(trial.distiller, splits, trial.budget, seed=job.seed,
@@ -243,15 +249,26 @@ def _run(config: dict[str, Any], spec: StudySpec, *, data: list[Any] | None = No
                                           # timestamps are whole seconds
                                           "reported_at": time.time(),
                                           "teacher_outputs": trial.teacher_outputs}
-            if report.epoch == trial.budget.epochs:
+            history.append({k: metrics[k] for k in EPOCH_METRICS if k in metrics})
+            last = report.epoch == trial.budget.epochs
+            if last:
                 metrics |= _final_metrics(spec, trial, splits, report.val_acc)
-            with tempfile.TemporaryDirectory() as folder:
-                torch.save({"distiller": trial.distiller.state_dict(),
-                            "optimizer": report.optimizer.state_dict(),
-                            "generator": report.generator_state, "epoch": report.epoch},
-                           Path(folder) / "state.pt")
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
-            previous = drop_previous(previous, tune.get_checkpoint())
+                # every epoch's metrics once more: an epoch whose result the driver never
+                # processed (its worker died right after reporting it) still gets its row
+                metrics["epoch_history"] = json.dumps(history)
+            # a checkpoint every checkpoint_every_s seconds, and always after the last epoch:
+            # each one costs Tune a few ms of the driver and a file per epoch on short trials
+            if last or time.perf_counter() - checkpointed >= every_s:
+                with tempfile.TemporaryDirectory() as folder:
+                    torch.save({"distiller": trial.distiller.state_dict(),
+                                "optimizer": report.optimizer.state_dict(),
+                                "generator": report.generator_state, "epoch": report.epoch,
+                                "history": history}, Path(folder) / "state.pt")
+                    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+                previous = drop_previous(previous, tune.get_checkpoint())
+                checkpointed = time.perf_counter()
+            else:
+                tune.report(metrics)
     except TrainingDiverged as error:
         # reported, not raised: retrying a diverging config wastes compute, and the search
         # should learn that this corner of the space is bad (val_acc 0)
@@ -259,19 +276,20 @@ def _run(config: dict[str, Any], spec: StudySpec, *, data: list[Any] | None = No
                      "wall_s": time.perf_counter() - started})
 
 
-def _restore(trial: Trial, device: torch.device) -> tuple[int, torch.Tensor | None]:
+def _restore(trial: Trial, device: torch.device
+             ) -> tuple[int, torch.Tensor | None, list[dict[str, Any]]]:
     """A retried or resumed trial continues where it stopped: (first epoch, batch generator
-    state) from its last checkpoint, or (0, None)."""
+    state, the metrics of the epochs before) from its last checkpoint, or (0, None, [])."""
     from ray import tune
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        return 0, None
+        return 0, None, []
     with checkpoint.as_directory() as folder:
         state = torch.load(Path(folder) / "state.pt", map_location=device, weights_only=True)
     trial.distiller.load_state_dict(state["distiller"])
     trial.optimizer.load_state_dict(state["optimizer"])
-    return int(state["epoch"]), state["generator"]
+    return int(state["epoch"]), state["generator"], list(state.get("history", []))
 
 
 def _final_metrics(spec: StudySpec, trial: Trial, splits: Splits,

@@ -42,7 +42,7 @@ class PageResult:
     errors: list[str] = field(default_factory=list)  # console errors, exceptions, log errors
     warnings: list[str] = field(default_factory=list)
     dialogs: list[str] = field(default_factory=list)  # alert/confirm/prompt messages
-    requests: list[str] = field(default_factory=list)  # every URL the page requested
+    requests: list[str] = field(default_factory=list)  # every URL the page requested, but data:
     probe: Any = None  # the value of the probe expression
     screenshot: Path | None = None
 
@@ -234,7 +234,10 @@ def _drain(pipe: _Pipe, result: PageResult, block: float) -> None:
                 result.errors.append(f"log ({entry.get('source')}): {entry.get('text')} "
                                      f"{entry.get('url', '')}".strip())
         elif method == "Network.requestWillBeSent":
-            result.requests.append(params["request"]["url"])
+            url = params["request"]["url"]
+            # Chromium 156 reports inline data: images as requests; they never leave the page
+            if not url.startswith("data:"):
+                result.requests.append(url)
         elif method == "Page.javascriptDialogOpening":
             result.dialogs.append(params.get("message", ""))
 

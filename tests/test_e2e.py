@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from kdtune.cli import main
 from kdtune.results import best_search_trial
@@ -67,13 +68,15 @@ def test_tiny_study_end_to_end(tiny_spec_dict, write_spec, tmp_path, capsys):
     for trial_id, last in ran.items():
         assert rows[trial_id]["val_acc"] == pytest.approx(last["val_acc"])
         assert rows[trial_id]["epochs_run"] == last["epoch"]
-    # every trial checkpointed every epoch and kept only its last checkpoint, that of its last
-    # epoch (Tune keeps all it is told of; the trial drops its previous one)
+    # every trial kept only its last checkpoint, that of its last epoch (Tune keeps all it is
+    # told of; the trial drops its previous one), with every epoch's metrics
     for stage_dir, stage in by_stage.items():
         for trial_id, last in stage.items():
             (trial_dir,) = stage_dir.glob(f"*_{trial_id}_*")
             (checkpoint,) = trial_dir.glob("checkpoint_*")
-            assert checkpoint.name == f"checkpoint_{last['epoch'] - 1:06d}"
+            state = torch.load(checkpoint / "state.pt", weights_only=True)
+            assert state["epoch"] == last["epoch"]
+            assert [e["epoch"] for e in state["history"]] == list(range(1, last["epoch"] + 1))
             # Tune's per-trial loggers are off (kdtune writes Parquet): no result.json
             assert not (trial_dir / "result.json").exists()
     roles = [r["role"] for r in trials]

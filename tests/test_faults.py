@@ -37,6 +37,7 @@ def test_a_killed_worker_is_restarted_from_its_checkpoint(tiny_spec_dict, write_
     tiny_spec_dict.update(methods=["scratch", "rkd"], final={"seeds": [0]})
     tiny_spec_dict["training"]["student_epochs"] = 4
     tiny_spec_dict["search"]["trials"] = 2
+    tiny_spec_dict["scheduler"] = {"checkpoint_every_s": 0}  # a checkpoint every epoch
     markers = tmp_path / "killed"
     storage = tmp_path / "runs"
     # every rkd trial's worker process dies once, after training epoch 2 but before reporting

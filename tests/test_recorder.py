@@ -28,7 +28,13 @@ class _Store:
     trials: list[dict[str, Any]] = field(default_factory=list)
     epochs: list[dict[str, Any]] = field(default_factory=list)
 
-    def add_epoch(self, row):
+    def add_epoch(self, row, replace=True):
+        if any(r["epoch"] == row["epoch"] and r["trial_id"] == row["trial_id"]
+               for r in self.epochs):
+            if not replace:
+                return
+            self.epochs = [r for r in self.epochs
+                           if (r["epoch"], r["trial_id"]) != (row["epoch"], row["trial_id"])]
         self.epochs.append(row)
 
     def finish_trial(self, row):
@@ -82,3 +88,29 @@ def test_gains_carry_the_selected_augmentation():
     gains = {g["method"]: g for g in compute_gains(rows)}
     assert (gains["rkd"]["augmentation"], gains["rkd"]["aug_share"]) == ("paper", 0.5)
     assert gains["rkd"]["gain_pts"] == 1.0
+
+
+def test_epochs_the_driver_never_saw_are_filled_from_the_last_reports_history(tiny_spec_dict):
+    """A worker that died right after reporting an epoch: the driver never processed that
+    result, the retried trial starts after it; the last report's history fills the gap, and an
+    epoch the driver did see keeps its own row."""
+    import json
+
+    spec = parse_spec(tiny_spec_dict)
+    store, lines = _Store(), []
+    job = TrialJob("search-digits_n300-rkd", "search", 0, "rkd", 0).with_hp(alpha=0.5, tau=2.0)
+    history = [{"epoch": e, "train_loss": 1.0 / e, "val_acc": 50.0 + e, "epoch_s": 0.1,
+                "wall_s": 0.1 * e} for e in (1, 2, 3)]
+    recorder = _recorder(spec, store, lines)
+    seen = _Trial(job.to_config(), {"epoch": 1, "val_acc": 99.0, "wall_s": 0.1})
+    recorder.on_trial_result(0, [], seen, seen.last_result)  # epoch 2 was never seen
+    last = {"epoch": 3, "val_acc": 53.0, "test_acc": 50.0, "wall_s": 0.3,
+            "epoch_history": json.dumps(history)}
+    trial = _Trial(job.to_config(), last)
+    recorder.on_trial_result(0, [], trial, last)
+    recorder.on_trial_complete(0, [], trial)
+    by_epoch = {r["epoch"]: r for r in store.epochs}
+    assert sorted(by_epoch) == [1, 2, 3] and len(store.epochs) == 3
+    assert by_epoch[1]["val_acc"] == 99.0  # the row the driver saw, not the history's
+    assert by_epoch[2]["val_acc"] == 52.0 and by_epoch[2]["train_loss"] == 0.5
+    assert all(r["trial_id"] == "search-digits_n300-rkd:abc_00001" for r in store.epochs)

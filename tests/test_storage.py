@@ -155,9 +155,12 @@ def test_tiny_study_on_a_file_uri(tiny_spec_dict, write_spec, tmp_path: Path, st
         assert f"{uri}/{run.name}" in out.splitlines()[-1]  # the URI, for `kdtune resume`
 
         # kdtune's files, Tune's checkpoints and the teacher are all at the URI
-        for name in ("trials.parquet", "epochs.parquet", "gains.parquet", "datasets.parquet",
-                     "run.json", "spec.yaml", "report.html", "optuna/journal.log"):
+        for name in ("gains.parquet", "datasets.parquet", "run.json", "spec.yaml", "report.html",
+                     "optuna/journal.log"):
             assert (run / name).is_file(), name
+        # the row datasets: compacted at the end of the run, one part each
+        for name in ("trials.parquet", "epochs.parquet"):
+            assert len(list((run / name).glob("part-*.parquet"))) == 1, name
         assert sorted(p.name for p in (run / "tune").iterdir()) == ["students", "teachers"]
         assert json.loads((run / "run.json").read_text())["status"] == "finished"
         rows = pq.read_table(run / "trials.parquet").to_pylist()
@@ -178,7 +181,8 @@ def test_tiny_study_on_a_file_uri(tiny_spec_dict, write_spec, tmp_path: Path, st
         # resume from the URI with an empty staging folder: nothing finished is rerun, and a
         # missing final (dropped here) is run again and lands at the URI
         kept = [r for r in rows2 if r["role"] != "final"]
-        write_table_atomic(kept, TRIAL_SCHEMA, second / "trials.parquet")
+        shutil.rmtree(second / "trials.parquet")
+        write_table_atomic(kept, TRIAL_SCHEMA, second / "trials.parquet" / "part-0.parquet")
         shutil.rmtree(staging)
         assert main(["resume", f"{uri}/{second.name}"]) == 0
         out = capsys.readouterr().out
@@ -238,8 +242,9 @@ def test_tiny_study_on_an_s3_server(tiny_spec_dict, write_spec, tmp_path: Path):
         run = run_uri.removeprefix("s3://")
 
         def read_rows(name: str) -> list[dict]:
-            with s3.open_input_file(f"{run}/{name}") as f:
-                return pq.read_table(f).to_pylist()
+            # a parts dataset: URI/trials.parquet/part-... (one part per trial, compacted at
+            # the end of the run)
+            return pq.read_table(f"{run}/{name}", filesystem=s3).to_pylist()
 
         rows = read_rows("trials.parquet")
         assert len(rows) == 1 + 2 * 2 and all(r["status"] == "finished" for r in rows)

@@ -21,11 +21,14 @@ from kdtune.hparams import HYPERPARAMS
 from kdtune.results import FinalSettings, compute_gains, compute_trends
 from kdtune.rundir import (
     DATASETS_FILE,
+    EPOCH_KEY,
     EPOCHS_FILE,
     JOURNAL_FILE,
     RUN_FILE,
     SPEC_FILE,
+    TRIAL_KEY,
     TRIALS_FILE,
+    compact_run,
     read_rows,
 )
 
@@ -146,9 +149,14 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     if not (path / TRIALS_FILE).exists():
         raise ReportError(f"{path}: no {TRIALS_FILE} (not a kdtune run directory, or no trial "
                           "has finished yet)")
+    try:  # one part per dataset: the report reads (and a user's pandas reads) one file each
+        compact_run(path)
+    except OSError:  # a read-only copy of a run: read its parts as they are
+        pass
     spec_file = path / SPEC_FILE
     run = Run(label=label or path.resolve().name, path=path,
-              trials=read_rows(path / TRIALS_FILE), epochs=read_rows(path / EPOCHS_FILE),
+              trials=read_rows(path / TRIALS_FILE, TRIAL_KEY),
+              epochs=read_rows(path / EPOCHS_FILE, EPOCH_KEY),
               datasets=read_rows(path / DATASETS_FILE), meta=_read_json(path / RUN_FILE),
               spec_text=spec_file.read_text(encoding="utf-8", errors="replace")
               if spec_file.exists() else None)
