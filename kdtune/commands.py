@@ -115,37 +115,9 @@ def fail(message: str, code: int = 2) -> int:
 
 
 def _plan(spec, compute: bool = False) -> str:
-    from kdtune.methods import teacher_sources
-    from kdtune.resources import requested
-    from kdtune.search import search_trials, searched_dimensions
+    from kdtune.api import validate
 
-    lines = [f"study {spec.study}: {len(spec.datasets)} dataset(s), methods "
-             f"{', '.join(spec.methods)}; teacher {spec.teacher.label} "
-             f"({spec.training.teacher_epochs} epochs) -> student {spec.student.label} "
-             f"({spec.training.student_epochs} epochs)"]
-    # the spec's teacher, plus a pretrained student-architecture model for self/reversed
-    n_teachers = len(spec.datasets) * len(teacher_sources(spec))
-    n_search = len(spec.datasets) * sum(search_trials(spec, m) for m in spec.methods)
-    n_final = len(spec.datasets) * len(spec.methods) * len(spec.final.seeds)
-    for method in spec.methods:
-        dims = searched_dimensions(spec, method)
-        lines.append(f"  {method}: " + (f"{spec.search.trials} Optuna trials per dataset over "
-                                         f"{', '.join(dims)}" if dims else
-                                         "1 trial per dataset (nothing searched: fixed config)"))
-    if spec.distillation.omit_class is not None:
-        lines.append(f"  omit-one-class: students train and validate without class "
-                     f"{spec.distillation.omit_class}; test accuracy on it is reported")
-    epochs = (n_teachers * spec.training.teacher_epochs
-              + (n_search + n_final) * spec.training.student_epochs)
-    lines.append(f"  plan: {n_teachers} teacher(s) (reused if already stored), {n_search} search "
-                 f"trials, {n_final} final trainings (seeds {spec.final.seeds}); at most "
-                 f"{epochs} training epochs; ASHA {'on' if spec.scheduler.asha else 'off'}")
-    lines.append(f"  resources per trial: {requested(spec)}")
-    if compute:
-        from kdtune.estimate import estimate
-
-        lines += estimate(spec)
-    return "\n".join(lines)
+    return str(validate(spec, compute=compute))
 
 
 def _complexity(args: argparse.Namespace) -> int:

@@ -168,6 +168,13 @@ def read_rows(path: str | Path, key: tuple[str, ...] | None = None) -> list[dict
     return list(latest.values())
 
 
+# every Parquet file of a run directory, by name: its schema, and the columns that identify a
+# row (a parts dataset may hold a row twice until it is compacted: the last one counts)
+SCHEMAS = {TRIALS_FILE: TRIAL_SCHEMA, EPOCHS_FILE: EPOCH_SCHEMA, GAINS_FILE: GAIN_SCHEMA,
+           TRENDS_FILE: TREND_SCHEMA, DATASETS_FILE: DATASET_SCHEMA}
+ROW_KEYS = {TRIALS_FILE: ("trial_id",), EPOCHS_FILE: ("trial_id", "epoch")}
+
+
 class PartsTable:
     """A Parquet dataset that grows by one small part file per write, whatever its size.
 
@@ -277,8 +284,8 @@ def _last_seq(folder: Path) -> int:
     return max((int(m.group(1)) for m in numbers if m), default=-1)  # any part-N.parquet
 
 
-TRIAL_KEY = ("trial_id",)
-EPOCH_KEY = ("trial_id", "epoch")
+TRIAL_KEY = ROW_KEYS[TRIALS_FILE]
+EPOCH_KEY = ROW_KEYS[EPOCHS_FILE]
 
 
 class ResultsStore:
