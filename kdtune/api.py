@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdtune.spec import SpecError, StudySpec, parse_spec
+from kdtune.plan import Plan, as_spec, validate
+from kdtune.spec import StudySpec
 from kdtune.spec import load_spec as _load_spec_file
+
+__all__ = ["Plan", "Run", "load", "load_spec", "resume", "run", "validate"]
 
 if TYPE_CHECKING:  # pandas is imported when a table is first read
     import pandas as pd
@@ -37,75 +39,7 @@ def load_spec(source: str | Path | dict[str, Any] | StudySpec) -> StudySpec:
     Raises :class:`~kdtune.spec.SpecError` (one line naming the field or file), as
     ``kdtune validate`` reports it. Imports neither torch nor Ray.
     """
-    if isinstance(source, StudySpec):
-        return source
-    if isinstance(source, dict):
-        return parse_spec(source)
-    if isinstance(source, (str, Path)):
-        return _load_spec_file(source)
-    raise SpecError(f"spec: expected a file path, a dict or a StudySpec, got "
-                    f"{type(source).__name__}")
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a spec asks for, before anything runs (``kdtune validate`` prints ``str(plan)``)."""
-
-    study: str
-    datasets: int
-    methods: tuple[str, ...]
-    teachers: int  # teacher trainings (reused when already stored)
-    search_trials: int
-    final_trainings: int  # the first round of seeds; precision-targeted rounds may add more
-    max_final_trainings: int  # ... up to final.max_seeds per comparison
-    max_epochs: int  # training epochs at most (ASHA stops some search trials earlier)
-    lines: tuple[str, ...] = field(repr=False, default=())
-
-    def __str__(self) -> str:
-        return "\n".join(self.lines)
-
-
-def validate(spec: str | Path | dict[str, Any] | StudySpec, compute: bool = True) -> Plan:
-    """Check ``spec`` and count what it will run; with ``compute``, add the compute estimate
-    (FLOPs per trial on the meta device: imports torch, no data loaded)."""
-    from kdtune.methods import teacher_sources
-    from kdtune.resources import requested
-    from kdtune.search import search_trials, searched_dimensions
-
-    spec = load_spec(spec)
-    final = spec.final
-    lines = [f"study {spec.study}: {len(spec.datasets)} dataset(s), methods "
-             f"{', '.join(spec.methods)}; teacher {spec.teacher.label} "
-             f"({spec.training.teacher_epochs} epochs) -> student {spec.student.label} "
-             f"({spec.training.student_epochs} epochs)"]
-    # the spec's teacher, plus a pretrained student-architecture model for self/reversed
-    n_teachers = len(spec.datasets) * len(teacher_sources(spec))
-    n_search = len(spec.datasets) * sum(search_trials(spec, m) for m in spec.methods)
-    n_final = len(spec.datasets) * len(spec.methods) * len(final.seeds)
-    most_seeds = max(len(final.seeds), final.max_seeds or 0)
-    n_final_max = len(spec.datasets) * len(spec.methods) * most_seeds
-    for method in spec.methods:
-        dims = searched_dimensions(spec, method)
-        lines.append(f"  {method}: " + (f"{spec.search.trials} Optuna trials per dataset over "
-                                         f"{', '.join(dims)}" if dims else
-                                         "1 trial per dataset (nothing searched: fixed config)"))
-    if spec.distillation.omit_class is not None:
-        lines.append(f"  omit-one-class: students train and validate without class "
-                     f"{spec.distillation.omit_class}; test accuracy on it is reported")
-    epochs = (n_teachers * spec.training.teacher_epochs
-              + (n_search + n_final_max) * spec.training.student_epochs)
-    rounds = (f", then more seeds until the gain's 95% interval is +-{final.target_halfwidth} "
-              f"points (at most {most_seeds} seeds)" if final.target_halfwidth else "")
-    lines.append(f"  plan: {n_teachers} teacher(s) (reused if already stored), {n_search} search "
-                 f"trials, {n_final} final trainings (seeds {list(final.seeds)}){rounds}; at "
-                 f"most {epochs} training epochs; ASHA {'on' if spec.scheduler.asha else 'off'}")
-    lines.append(f"  resources per trial: {requested(spec)}")
-    if compute:
-        from kdtune.estimate import estimate
-
-        lines += estimate(spec)
-    return Plan(spec.study, len(spec.datasets), tuple(spec.methods), n_teachers, n_search,
-                n_final, n_final_max, epochs, tuple(lines))
+    return as_spec(source)
 
 
 def _spec_text(source: Any, spec: StudySpec) -> str:
@@ -119,12 +53,14 @@ def _spec_text(source: Any, spec: StudySpec) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
-def _logger(progress: bool | Callable[[str], None]) -> Callable[[str], None]:
-    from kdtune import console
+def _progress(progress: bool | Callable[[str], None]) -> Any:
+    """True: the command line's output (a status line on a terminal); False: nothing; a
+    callable: each line handed to it."""
+    from kdtune.progress import Progress
 
     if callable(progress):
-        return progress
-    return console.log if progress else (lambda line: None)
+        return Progress("plain", write=progress)
+    return Progress("auto") if progress else Progress("quiet", write=lambda line: None)
 
 
 def run(spec: str | Path | dict[str, Any] | StudySpec, storage: str | None = None,
@@ -148,10 +84,13 @@ def run(spec: str | Path | dict[str, Any] | StudySpec, storage: str | None = Non
                            "(kdtune run --address ray://...), not kdtune.run")
     parsed = load_spec(spec)
     resolved = resolve_paths(parsed, storage, data_dir)
-    log = _logger(progress)
-    log(str(validate(resolved, compute=False)))
-    study = Study.create(resolved, _spec_text(spec, parsed), log=log, address=address)
-    study.run(address=address)
+    shown = _progress(progress)
+    shown.log(str(validate(resolved, compute=False)))
+    study = Study.create(resolved, _spec_text(spec, parsed), address=address, progress=shown)
+    try:
+        study.run(address=address)
+    finally:
+        shown.close()
     return Run(study.run_dir, location=str(study.location))
 
 
@@ -162,8 +101,12 @@ def resume(run_dir: str | Path, address: str | None = None,
     from kdtune.storage import as_location
     from kdtune.study import Study
 
-    study = Study.open(as_location(str(run_dir)), log=_logger(progress))
-    study.run(address=address)
+    shown = _progress(progress)
+    study = Study.open(as_location(str(run_dir)), progress=shown)
+    try:
+        study.run(address=address)
+    finally:
+        shown.close()
     return Run(study.run_dir, location=str(study.location))
 
 

@@ -58,6 +58,9 @@ def parser() -> argparse.ArgumentParser:
                      help="local datasets in torchvision's layout, for datasets without data_dir")
     run.add_argument("--download", action="store_true",
                      help="let torchvision download missing datasets (needs internet)")
+    run.add_argument("--quiet", action="store_true",
+                     help="print only errors and the closing summary (on a terminal, a status "
+                          "line under the trial lines shows progress and time left)")
 
     resume = sub.add_parser("resume", help="continue an interrupted run where it stopped",
                             description="Continue a run directory: finished trials are kept and "
@@ -65,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
     resume.add_argument("run_dir", help="a run directory (or its s3:// / gs:// URI) printed by "
                         "'kdtune run'")
     resume.add_argument("--address", metavar="ADDR", help="as for run")
+    resume.add_argument("--quiet", action="store_true", help="as for run")
 
     validate = sub.add_parser("validate", help="check a spec without running it",
                               description="Validate a spec and print the trial plan. Exit 0 if "
@@ -115,7 +119,7 @@ def fail(message: str, code: int = 2) -> int:
 
 
 def _plan(spec, compute: bool = False) -> str:
-    from kdtune.api import validate
+    from kdtune.plan import validate
 
     return str(validate(spec, compute=compute))
 
@@ -205,32 +209,40 @@ def dispatch(args: argparse.Namespace) -> int:
     from kdtune.cluster import ClusterError, cluster_address, is_ray_client
     from kdtune.data import DatasetError
     from kdtune.preflight import resolve_paths
+    from kdtune.progress import Progress
     from kdtune.resources import ResourceError
     from kdtune.session import stop_on_sigterm
     from kdtune.storage import StorageError, as_location
     from kdtune.study import Study, StudyError
+    from kdtune.tracking import TrackingError
 
     stop_on_sigterm(fresh=True)
     study = None
+    progress = Progress("quiet" if args.quiet else "auto")
     try:
         if is_ray_client(cluster_address(args.address)):
             return fail(f"--address {args.address}: Ray Client runs through the kdtune "
                          "command (kdtune.cli.main), not kdtune.commands")
         if spec is not None:
             spec = resolve_paths(spec, args.storage, args.data_dir, args.download or None)
-            print(_plan(spec), flush=True)
+            progress.log(_plan(spec))
             study = Study.create(spec, Path(args.spec).read_text(encoding="utf-8"),
-                                 address=args.address)
+                                 address=args.address, progress=progress)
         else:
-            study = Study.open(as_location(args.run_dir))
+            study = Study.open(as_location(args.run_dir), progress=progress)
         study.run(address=args.address)
+        progress.close()
         print(study.location)  # a URI for object storage: what `kdtune resume` takes
         return 0
-    except (SpecError, StorageError, DatasetError, ResourceError, ClusterError) as error:
+    except (SpecError, StorageError, DatasetError, ResourceError, ClusterError,
+            TrackingError) as error:
+        progress.close()
         return fail(str(error))
     except StudyError as error:
+        progress.close()
         return fail(str(error), 1)
     except KeyboardInterrupt:
+        progress.close()
         if study is None:
             return fail("interrupted before the run started", 130)
         kept = len(study.store.trials)

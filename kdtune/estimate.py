@@ -105,34 +105,54 @@ class Compute:
         return self.teacher_flops + self.student_flops
 
 
+TEACHER = "teacher"  # the key of a pretrained model's epoch in epoch_flops
+
+
+def epoch_flops(spec: StudySpec) -> dict[tuple[str, str], float]:
+    """FLOPs of one training epoch (train split x3, validation once) per (dataset label,
+    method), and per (dataset label, ``teacher``) for the pretrained models: each pretrained
+    model the methods need (the teacher, the student-architecture model of self/reversed)
+    trains on the teacher's budget; a distilled student also runs one forward of the
+    architecture teaching it per training image. Datasets whose sizes only loading tells are
+    left out."""
+    out: dict[tuple[str, str], float] = {}
+    for ds in spec.datasets:
+        shape = dataset_shape(ds)
+        if shape is None:
+            continue
+        out[ds.label, TEACHER] = sum(
+            3 * f * shape.n_train + f * shape.n_val
+            for f in (_flops(methods.model_spec(spec, source), shape)
+                      for source in methods.teacher_sources(spec)))
+        for method in spec.methods:
+            trained, teacher = methods.trial_models(spec, method)
+            f = _flops(trained, shape)
+            per_epoch = 3 * f * shape.n_train + f * shape.n_val
+            if teacher is not None:
+                per_epoch += _flops(teacher, shape) * shape.n_train
+            out[ds.label, method] = per_epoch
+    return out
+
+
 def compute(spec: StudySpec) -> Compute:
-    """FLOPs of every trial ``spec`` plans: each pretrained model the methods need (the
-    teacher, the student-architecture model of self/reversed) once per dataset on the
-    teacher's budget; each method's trials with the architecture it trains, plus one forward
-    of the architecture teaching it per training image."""
+    """FLOPs of every trial ``spec`` plans: the pretrained models once per dataset, each
+    method's search trials and first round of seeds (:func:`epoch_flops` per epoch)."""
     from kdtune.search import search_trials
 
     t_epochs, s_epochs = spec.training.teacher_epochs, spec.training.student_epochs
     seeds = len(spec.final.seeds)
+    per_epoch = epoch_flops(spec)
     teacher_flops = student_flops = 0.0
     trials, unknown = 0, []
     for ds in spec.datasets:
-        shape = dataset_shape(ds)
-        if shape is None:
+        if (ds.label, TEACHER) not in per_epoch:
             unknown.append(ds.label)
             continue
-        for source in methods.teacher_sources(spec):
-            f = _flops(methods.model_spec(spec, source), shape)
-            teacher_flops += t_epochs * (3 * f * shape.n_train + f * shape.n_val)
-            trials += 1
+        teacher_flops += t_epochs * per_epoch[ds.label, TEACHER]
+        trials += len(methods.teacher_sources(spec))
         for method in spec.methods:
-            trained, teacher = methods.trial_models(spec, method)
             n = search_trials(spec, method) + seeds
-            f = _flops(trained, shape)
-            per_trial = s_epochs * (3 * f * shape.n_train + f * shape.n_val)
-            if teacher is not None:  # a distilled model runs its teacher on every image
-                per_trial += s_epochs * _flops(teacher, shape) * shape.n_train
-            student_flops += n * per_trial
+            student_flops += n * s_epochs * per_epoch[ds.label, method]
             trials += n
     return Compute(teacher_flops, student_flops, trials, tuple(unknown))
 

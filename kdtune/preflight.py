@@ -36,7 +36,30 @@ def resolve_paths(spec: StudySpec, storage: str | None, data_dir: str | None,
         if download is not None:
             update["download"] = download or ds.download
         datasets.append(ds.model_copy(update=update))
-    return spec.model_copy(update={"storage": storage_path, "datasets": datasets})
+    update: dict[str, Any] = {"storage": storage_path, "datasets": datasets}
+    rdb = spec.search.storage
+    if rdb and rdb.startswith("sqlite:///") and not rdb.startswith("sqlite:////") \
+            and rdb != "sqlite:///:memory:":  # a relative SQLite file: relative to here
+        absolute = Path(rdb.removeprefix("sqlite:///")).expanduser().resolve()
+        update["search"] = spec.search.model_copy(update={"storage": f"sqlite:///{absolute}"})
+    return spec.model_copy(update=update)
+
+
+def check_search_storage(spec: StudySpec) -> None:
+    """``search.storage``: the RDB opens (and Optuna's tables exist) before anything is
+    written; one line naming the field if not."""
+    if not spec.search.storage:
+        return
+    try:
+        from optuna.storages import RDBStorage
+
+        RDBStorage(spec.search.storage)
+    except ImportError as error:  # a database driver that is not installed
+        raise StorageError(f"search.storage {spec.search.storage}: {error}") from None
+    except Exception as error:  # noqa: BLE001 - SQLAlchemy raises many kinds; one line each
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise StorageError(f"search.storage {spec.search.storage}: cannot open it "
+                           f"({reason})") from None
 
 
 def check_datasets(spec: StudySpec, log: Callable[[str], None] | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from ray.tune import Callback
 from kdtune import console, methods
 from kdtune.hparams import HYPERPARAMS
 from kdtune.job import TrialJob, flat_config
+from kdtune.progress import Progress
 from kdtune.session import check_stop
 from kdtune.spec import StudySpec
 from kdtune.trial import budget_for
@@ -34,8 +36,13 @@ class Recorder(Callback):
 
     def __init__(self, store: Any, spec: StudySpec, stage: str, role: str,
                  expected: int | dict[str, int | None], log: Callable[[str], None],
-                 epoch_columns: tuple[str, ...]) -> None:
+                 epoch_columns: tuple[str, ...], progress: Progress | None = None,
+                 trackers: Any = None) -> None:
         self.store, self.spec, self.stage, self.role, self.log = store, spec, stage, role, log
+        self.progress = progress
+        self.trackers = trackers  # kdtune.tracking.Trackers: MLflow, W&B, TensorBoard
+        # a teacher prints about five lines, not one per epoch
+        self.teacher_every = max(1, math.ceil(spec.training.teacher_epochs / 5))
         self.totals = expected if isinstance(expected, dict) else {stage: expected}
         self.epoch_columns = epoch_columns
         self.labels = [ds.label for ds in spec.datasets]
@@ -61,8 +68,16 @@ class Recorder(Callback):
         job = self._job(trial)
         row = self._base(trial, job) | {k: result.get(k) for k in self.epoch_columns}
         self.store.add_epoch(row)
-        if row["role"] == "teacher":
-            self.log(console.teacher_epoch_line(row, self.spec.training.teacher_epochs))
+        if self.trackers is not None:
+            self.trackers.epoch(row)
+        if self.progress is not None:
+            self.progress.trial_started(row["trial_id"], row["dataset"], job.method, job.role,
+                                        budget_for(self.spec, job).epochs)
+            self.progress.epoch(row["dataset"], job.method, job.role)
+        epochs = self.spec.training.teacher_epochs
+        if row["role"] == "teacher" and (row["epoch"] % self.teacher_every == 0
+                                         or row["epoch"] == epochs):
+            self.log(console.teacher_epoch_line(row, epochs))
 
     def _finish(self, trial: Any, status: str | None, failure: str | None) -> None:
         job, last = self._job(trial), trial.last_result or {}
@@ -98,6 +113,12 @@ class Recorder(Callback):
             **{k: last.get(k) for k in LAST_REPORT_COLUMNS},
         }
         self.store.finish_trial(row)
+        if self.trackers is not None:
+            self.trackers.end(row)
+        if self.progress is not None:
+            left = budget.epochs - epochs_run if status == "stopped" else 0
+            self.progress.trial_done(row["dataset"], job.method, job.role, row["val_acc"],
+                                     epochs_left=left)
         stage = row["stage"]
         self.done[stage] = self.done.get(stage, 0) + 1
         if row["val_acc"] is not None and status == "finished":
@@ -106,6 +127,8 @@ class Recorder(Callback):
                                     self.best.get(stage), self.hp_shown))
 
     def on_step_end(self, iteration, trials, **info):
+        if self.progress is not None:
+            self.progress.running(sum(t.status == "RUNNING" for t in trials))
         check_stop()
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -167,11 +167,7 @@ def compute_trends(gains: list[dict[str, Any]],
         axes: list[tuple[str, list[tuple[float, dict[str, Any]]]]] = [(
             "complexity_score", [(meta[g["dataset"]]["complexity_score"], g) for g in mine
                                  if _finite(meta.get(g["dataset"], {}).get("complexity_score"))])]
-        knobs = {meta[g["dataset"]].get("knob") for g in mine if g["dataset"] in meta} - {None}
-        for knob in sorted(k for k in knobs if "+" not in k):
-            axes.append((knob, [(meta[g["dataset"]]["knob_value"], g) for g in mine
-                                if meta.get(g["dataset"], {}).get("knob") == knob
-                                and _finite(meta[g["dataset"]].get("knob_value"))]))
+        axes += knob_sweeps(mine, meta)
         for axis, points in axes:
             if len({x for x, _ in points}) < 2:
                 continue
@@ -183,6 +179,34 @@ def compute_trends(gains: list[dict[str, Any]],
                         "x_mean": t.x_mean, "mean_se": t.mean_se, "quantile": t.quantile,
                         "datasets_json": json.dumps([g["dataset"] for _, g in points])})
     return out
+
+
+def knob_sweeps(gains: list[dict[str, Any]], meta: dict[str, dict[str, Any]]
+                ) -> list[tuple[str, list[tuple[float, dict[str, Any]]]]]:
+    """Each knob a study sweeps: the datasets of one source whose knobs (``knobs_json``) are
+    equal but for that one, which takes numeric values. A knob held fixed beside it
+    (``max_train: 300`` on every level) does not break the sweep; a variant without the knob
+    is not on it (its neutral value is not assumed). Where a knob is swept on several sources,
+    the sweep with the most datasets."""
+    knobs_of = {}
+    for g in gains:
+        d = meta.get(g["dataset"])
+        if d is not None:
+            knobs_of[g["dataset"]] = json.loads(d.get("knobs_json") or "{}")
+    sweeps: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+    names = sorted({k for knobs in knobs_of.values() for k in knobs})
+    for knob in names:
+        groups: dict[tuple[Any, str], list[tuple[float, dict[str, Any]]]] = {}
+        for g in gains:
+            knobs = knobs_of.get(g["dataset"], {})
+            if knob in knobs and _finite(knobs[knob]):
+                rest = json.dumps({k: v for k, v in knobs.items() if k != knob}, sort_keys=True)
+                groups.setdefault((meta[g["dataset"]].get("name"), rest), []).append(
+                    (float(knobs[knob]), g))
+        swept = [pts for pts in groups.values() if len({x for x, _ in pts}) >= 2]
+        if swept:
+            sweeps[knob] = max(swept, key=len)
+    return sorted(sweeps.items())
 
 
 def _finite(value: Any) -> bool:

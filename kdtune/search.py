@@ -73,14 +73,57 @@ def start_points(spec: StudySpec, method: str) -> list[dict[str, Any]] | None:
     return points or None
 
 
-def make_searcher(spec: StudySpec, method: str, journal: Path, study_name: str,
-                  seed: int) -> ConcurrencyLimiter:
-    """OptunaSearch (TPE) for one (dataset, method), stored in ``journal``."""
+def optuna_storage(spec: StudySpec, journal: Path) -> Any:
+    """Where the searches live: the run directory's journal, or ``search.storage`` (an RDB)."""
+    if spec.search.storage:
+        from optuna.storages import RDBStorage
+
+        return RDBStorage(spec.search.storage)
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     journal.parent.mkdir(parents=True, exist_ok=True)
-    storage = JournalStorage(JournalFileBackend(str(journal)))
+    return JournalStorage(JournalFileBackend(str(journal)))
+
+
+def optuna_study_name(spec: StudySpec, run_id: str, stage: str) -> str:
+    """A search's Optuna name: its stage in the run's own journal; ``RUN_ID/STAGE`` in a shared
+    RDB, which holds many runs."""
+    return f"{run_id}/{stage}" if spec.search.storage else stage
+
+
+def copy_searches_to_journal(spec: StudySpec, journal: Path, run_id: str,
+                             stages: list[str]) -> int:
+    """With ``search.storage``: copy this run's searches from the RDB into the run directory's
+    journal under their stage names (replacing an earlier copy), so the run directory alone
+    holds them; returns how many were copied."""
+    if not spec.search.storage:
+        return 0
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    source = optuna_storage(spec, journal)
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    journal.unlink(missing_ok=True)
+    target = JournalStorage(JournalFileBackend(str(journal)))
+    copied = 0
+    for stage in stages:
+        name = optuna_study_name(spec, run_id, stage)
+        try:
+            optuna.copy_study(from_study_name=name, from_storage=source, to_storage=target,
+                              to_study_name=stage)
+            copied += 1
+        except KeyError:  # a search that never ran
+            continue
+    return copied
+
+
+def make_searcher(spec: StudySpec, method: str, journal: Path, study_name: str,
+                  seed: int, run_id: str = "") -> ConcurrencyLimiter:
+    """OptunaSearch (TPE) for one (dataset, method), stored in ``journal`` (or the spec's
+    ``search.storage``, as ``run_id/study_name``)."""
+    storage = optuna_storage(spec, journal)
+    study_name = optuna_study_name(spec, run_id, study_name)
     existing = [t for t in _trials(storage, study_name)]
     # start points are asked for first, so a resumed search has already had the first
     # len(existing) of them

@@ -280,6 +280,21 @@ class SearchSpec(_Strict):
     # configurations evaluated next, in order, e.g. a temperature sweep [{tau: 1}, {tau: 2}, ...];
     # each method takes the keys it searches and Optuna samples the rest
     points: list[dict[str, Any]] | None = None
+    # an Optuna RDB (sqlite:///FILE.db, postgresql://..., mysql://...) that also holds every
+    # search, named RUN_ID/STAGE, for a team's optuna-dashboard; the run directory's journal
+    # gets a copy of each search when the run ends (the report reads it from there)
+    storage: str | None = None
+
+    @field_validator("storage")
+    @classmethod
+    def _rdb_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        scheme = v.split("://", 1)[0].split("+", 1)[0] if "://" in v else ""
+        if scheme not in ("sqlite", "postgresql", "mysql"):
+            raise ValueError(f"an Optuna RDB URL (sqlite:///FILE.db, postgresql://..., "
+                             f"mysql://...), got {v!r}")
+        return v
 
     @field_validator(*SEARCH_RANGES)
     @classmethod
@@ -452,6 +467,31 @@ class SchedulerSpec(_Strict):
     checkpoint_every_s: float = Field(default=10.0, ge=0)
 
 
+class MlflowSpec(_Strict):
+    """An MLflow tracking server (or a local ``file:`` / ``sqlite:`` store)."""
+
+    tracking_uri: str = Field(min_length=1)
+    experiment: str | None = None  # default: the study's name
+
+
+class WandbSpec(_Strict):
+    """Weights & Biases; ``offline`` writes run files locally (``wandb sync`` uploads them)."""
+
+    project: str = Field(min_length=1)
+    mode: Literal["online", "offline"] = "offline"
+    entity: str | None = None
+    dir: str | None = None  # default: the run directory (RUN/wandb/)
+
+
+class TrackingSpec(_Strict):
+    """Experiment trackers that get every trial (config, tags, per-epoch metrics) and the
+    study's gains as one summary run with report.html attached (``kdtune.tracking``)."""
+
+    mlflow: MlflowSpec | None = None
+    wandb: WandbSpec | None = None
+    tensorboard: bool = False  # event files in RUN/tensorboard/, one folder per trial
+
+
 class StudySpec(_Strict):
     study: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)
     description: str = ""
@@ -467,6 +507,7 @@ class StudySpec(_Strict):
     final: FinalSpec = Field(default_factory=FinalSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
     @field_validator("datasets")
     @classmethod

@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from kdtune import console, methods
+from kdtune import console, methods, tracking
 from kdtune.cluster import check_shared_storage
 from kdtune.data import Splits
 from kdtune.finals import done_seeds, required_seeds
 from kdtune.hparams import Hyperparams
 from kdtune.job import TrialJob
-from kdtune.preflight import check_datasets, check_storage
+from kdtune.preflight import check_datasets, check_search_storage, check_storage
+from kdtune.progress import Progress, plan_from_spec
 from kdtune.recorder import Recorder
 from kdtune.resources import ClusterView, ResourcePlan, Shape, resolve, roles_needed
 from kdtune.results import FinalSettings, best_search_trial, compute_gains, compute_trends
@@ -53,6 +54,7 @@ from kdtune.rundir import (
     write_table_atomic,
     write_text_atomic,
 )
+from kdtune.search import copy_searches_to_journal
 from kdtune.session import init_ray
 from kdtune.spec import DatasetSpec, StudySpec, parse_spec
 from kdtune.storage import (
@@ -81,10 +83,13 @@ class Study:
     """One run directory of one spec. ``run()`` runs (or continues) every stage."""
 
     def __init__(self, spec: StudySpec, run_dir: Path, spec_text: str | None = None,
-                 log: Callable[[str], None] = console.log, remote: str | None = None) -> None:
+                 log: Callable[[str], None] = console.log, remote: str | None = None,
+                 progress: Progress | None = None) -> None:
         """``run_dir``: the local run directory; with object storage, the staging copy of the
-        run at the URI ``remote``, which gets each file again after every write."""
-        self.spec, self.run_dir, self.log = spec, Path(run_dir), log
+        run at the URI ``remote``, which gets each file again after every write. ``progress``:
+        where the study's lines go (default: ``log``, plain lines)."""
+        self.progress = progress or Progress("plain", write=log)
+        self.spec, self.run_dir, self.log = spec, Path(run_dir), self.progress.log
         self.spec_text = spec_text
         self.remote = remote
         self.location: Location = remote or self.run_dir  # what `kdtune resume` takes
@@ -96,13 +101,18 @@ class Study:
         self._pool_refs: list[Any] | None = None  # final.resplit: the images before splitting
         self._teacher_refs: dict[str, Any] = {}
         self._said: set[tuple] = set()
+        self.trackers: tracking.Trackers | None = None  # opened when the run starts
 
     @classmethod
     def create(cls, spec: StudySpec, spec_text: str, log: Callable[[str], None] = console.log,
-               address: str | None = None) -> Study:
+               address: str | None = None, progress: Progress | None = None) -> Study:
         """Check storage, datasets, the cluster and the resources the spec asks of it, then make
         the run directory: a check that fails leaves nothing behind."""
+        progress = progress or Progress("plain", write=log)
+        log = progress.log
         check_storage(spec.storage)
+        check_search_storage(spec)
+        tracking.check(spec)
         # kept for the run: trials get them through Ray's object store
         splits = [ds.load() for ds in spec.datasets]
         dataset_rows = check_datasets(spec, log, splits)
@@ -118,13 +128,14 @@ class Study:
         run_dir.mkdir(parents=True)
         write_text_atomic(spec_text, run_dir / SPEC_FILE)
         write_table_atomic(dataset_rows, DATASET_SCHEMA, run_dir / DATASETS_FILE)
-        study = cls(spec, run_dir, spec_text, log, remote=remote)
+        study = cls(spec, run_dir, spec_text, log, remote=remote, progress=progress)
         study.splits, study.plan = splits, plan
         study._write_meta("created")
         return study
 
     @classmethod
-    def open(cls, run_dir: Location, log: Callable[[str], None] = console.log) -> Study:
+    def open(cls, run_dir: Location, log: Callable[[str], None] = console.log,
+             progress: Progress | None = None) -> Study:
         """An existing run directory, for ``kdtune resume``: a path, or a URI whose kdtune
         files are first copied to a local staging folder (Tune's stay where they are)."""
         remote = str(run_dir).rstrip("/") if is_uri(run_dir) else None
@@ -146,7 +157,7 @@ class Study:
         spec = spec.model_copy(update={"storage": meta.get("storage", parent)})
         if meta.get("datasets"):
             spec = spec.model_copy(update={"datasets": [DatasetSpec(**d) for d in meta["datasets"]]})
-        return cls(spec, run_dir, spec_file.read_text(), log, remote=remote)
+        return cls(spec, run_dir, spec_file.read_text(), log, remote=remote, progress=progress)
 
     @property
     def tune_dir(self) -> Location:
@@ -174,6 +185,15 @@ class Study:
             self._data_refs = [ray.put(s) for s in self.splits]
             if self.spec.final.resplit:  # each final seed splits these its own way
                 self._pool_refs = [ray.put(ds.load_pool()) for ds in self.spec.datasets]
+
+    def _plan_progress(self) -> None:
+        """The status line's totals and time left (live progress only)."""
+        if self.progress.mode != "live":
+            return
+        import ray
+
+        plan_from_spec(self.progress, self.spec, self.store.finished(),
+                       ray.cluster_resources().get("CPU", 1.0))
 
     def _write_meta(self, status: str, **extra: Any) -> None:
         path = self.run_dir / RUN_FILE
@@ -228,7 +248,8 @@ class Study:
     def _recorder(self, stage: str, role: str, expected: int | dict[str, int]) -> Recorder:
         epoch_columns = tuple(f.name for f in EPOCH_SCHEMA if f.name not in (
             "study", "run_id", "trial_id", "dataset", "method", "role", "seed"))
-        return Recorder(self.store, self.spec, stage, role, expected, self.log, epoch_columns)
+        return Recorder(self.store, self.spec, stage, role, expected, self.log, epoch_columns,
+                        progress=self.progress, trackers=self.trackers)
 
     def _cpus_gpus(self, method: str) -> dict[str, float]:
         """The resolved resources a trial's config carries (threads, device) for ``method``."""
@@ -271,7 +292,8 @@ class Study:
         else:
             self.log(f"stage {stage}: all {trials} trials already in the results")
         searcher = make_searcher(spec, method, self.run_dir / JOURNAL_FILE,
-                                 stage, seed=spec.search.sampler_seed + index)
+                                 stage, seed=spec.search.sampler_seed + index,
+                                 run_id=self.run_dir.name)
         teacher = teachers.get(index, ("", Path()))
         constants = TrialJob(stage, "search", index, method, spec.final.seeds[0],
                              teacher_id=teacher[0], teacher_path=str(teacher[1]),
@@ -301,7 +323,9 @@ class Study:
                 done = done_seeds(rows, ds.label, method)
                 todo = [seed for seed in needed[(ds.label, method)] if seed not in done]
                 if todo:
-                    self._say_once(("final", ds.label, method, tuple(todo)),
+                    # once per round (the seeds it needs), not again as each seed ends
+                    self._say_once(("final", ds.label, method,
+                                    tuple(needed[(ds.label, method)])),
                                    f"final {ds.label} {method}: {best['trial_id']} (val "
                                    f"{best['val_acc']:.1f}%) on seeds {todo}")
                 for seed in todo:
@@ -393,10 +417,13 @@ class Study:
                  + (f" (staged in {self.run_dir})" if self.remote else ""))
         self._write_meta("running")
         try:
+            tracking.check(self.spec)
+            self.trackers = tracking.Trackers(self.spec, self.run_dir)
             self._prepare(address)
             self._write_meta("running", resources={role: r.__dict__ for role, r in
                                                    self.plan.roles.items()},
                              gpu_fit=self.plan.measured or None)
+            self._plan_progress()
             # the spec's teacher, and a pretrained student-architecture model for self/reversed
             teachers = {model: self._teachers(model)
                         for model in methods.teacher_sources(self.spec)}
@@ -404,7 +431,15 @@ class Study:
             self._students(teachers)
         except BaseException:
             self._write_meta("interrupted")
+            if self.trackers is not None:
+                self.trackers.close()
             raise
+        if self.spec.search.storage:  # the run directory holds its searches too
+            copy_searches_to_journal(self.spec, self.run_dir / JOURNAL_FILE, self.run_dir.name,
+                                     [stage_name("search", ds.label, method)
+                                      for ds in self.spec.datasets
+                                      for method in self.spec.methods])
+            self._sync()
         self.store.compact()  # one part per dataset, at the URI too
         if self._mirror is not None:
             self._mirror.reconcile()
@@ -414,10 +449,12 @@ class Study:
         trends = compute_trends(gains, read_rows(self.run_dir / DATASETS_FILE))
         write_table_atomic(trends, TREND_SCHEMA, self.run_dir / TRENDS_FILE)
         report = build_report(self.run_dir)
+        self.trackers.summary(self.run_dir.name, gains, report)
+        self.trackers.close()
         wall = time.perf_counter() - started
         self._write_meta("finished", wall_s=round(wall, 1))
-        self.log(console.summary(self.store.trials, gains, wall, trends))
-        self.log(f"report: {report}")
+        self.progress.summary(console.summary(self.store.trials, gains, wall, trends))
+        self.progress.summary(f"report: {report}")
         return self.run_dir
 
 

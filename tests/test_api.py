@@ -4,6 +4,7 @@ the README's query examples (pandas, DuckDB) run against a real run directory.""
 
 from __future__ import annotations
 
+import copy
 import re
 import subprocess
 import sys
@@ -26,6 +27,7 @@ def test_import_kdtune_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     assert callable(kdtune.run) and kdtune.Run.__name__ == "Run"
+    assert all(getattr(kdtune, name) is not None for name in kdtune.__all__)
     with pytest.raises(AttributeError):
         kdtune.no_such_thing  # noqa: B018
 
@@ -72,16 +74,30 @@ def _readme_blocks(language: str, containing: str) -> list[str]:
     return [b for b in blocks if containing in b]
 
 
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One tiny study, run through the API from a dict, its searches in an SQLite Optuna RDB
+    (``search.storage``) as a team's dashboard would watch them."""
+    from tests.conftest import TINY_SPEC
+
+    root = tmp_path_factory.mktemp("api")
+    spec = copy.deepcopy(TINY_SPEC)
+    spec.update(methods=["scratch", "rkd"], final={"seeds": [0, 1]})
+    spec["search"]["storage"] = f"sqlite:///{root / 'optuna.db'}"
+    lines: list[str] = []
+    run = kdtune.run(spec, storage=str(root / "runs"), progress=lines.append)
+    return spec, run, lines, root
+
+
 @pytest.mark.slow
-def test_a_tiny_study_from_a_dict_runs_and_reads_back(tiny_spec_dict, tmp_path):
+def test_a_tiny_study_from_a_dict_runs_and_reads_back(tiny_run, tmp_path):
     import pandas as pd
 
-    tiny_spec_dict.update(methods=["scratch", "rkd"], final={"seeds": [0, 1]})
-    lines: list[str] = []
-    run = kdtune.run(tiny_spec_dict, storage=str(tmp_path / "runs"), progress=lines.append)
-    assert run.status == "finished" and run.path.parent == tmp_path / "runs"
+    spec, run, lines, root = tiny_run
+    assert run.status == "finished" and run.path.parent == root / "runs"
     assert any(line.startswith("study tiny:") for line in lines)  # the plan, first
     assert any("[search-digits_n300-rkd]" in line for line in lines)
+    assert any(line.startswith("done in") for line in lines)  # the summary, last
 
     trials, epochs, gains = run.trials, run.epochs, run.gains
     assert isinstance(trials, pd.DataFrame)
@@ -96,7 +112,7 @@ def test_a_tiny_study_from_a_dict_runs_and_reads_back(tiny_spec_dict, tmp_path):
 
     # the spec the run kept is the dict, as YAML
     again = kdtune.load(run.path)
-    assert again.spec == kdtune.load_spec(tiny_spec_dict)
+    assert again.spec == kdtune.load_spec(spec)
     pd.testing.assert_frame_equal(again.trials, trials)
     report = again.report(tmp_path / "copy.html")
     assert report == tmp_path / "copy.html" and report.stat().st_size > 100_000
@@ -106,12 +122,86 @@ def test_a_tiny_study_from_a_dict_runs_and_reads_back(tiny_spec_dict, tmp_path):
     assert any("nothing left to run" in line for line in lines)
     assert sorted(resumed.trials.trial_id) == sorted(trials.trial_id)
 
-    # the README's query examples, on this run (pandas and DuckDB)
+
+@pytest.mark.slow
+def test_the_readmes_queries_run_on_a_real_run(tiny_run):
+    """The README's pandas and DuckDB examples, on a real run directory."""
+    _, run, _, _ = tiny_run
     blocks = _readme_blocks("python", "read_parquet")
     assert any("duckdb" in b for b in blocks) and any("pd.read_parquet" in b for b in blocks)
     for block in blocks:
         code = block.replace("runs/quickstart-...", str(run.path))
         scope: dict = {}
         exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the README's own example
-        assert scope.get("answer") is not None, block
-        assert len(scope["answer"]) > 0
+        answer = scope["answer"]
+        assert list(answer.sort_index().index if "method" not in answer else answer.method) \
+            == ["rkd", "scratch"], block
+
+
+@pytest.mark.slow
+def test_searches_in_an_optuna_rdb_and_the_dashboard_shows_them(tiny_run):
+    """search.storage: every search is in the RDB as RUN_ID/STAGE while the study runs, and
+    copied into the run's journal at the end; optuna-dashboard, started as the README says
+    (on loopback), lists the searches of the journal and of the RDB, with their trials."""
+    import optuna
+
+    spec, run, _, root = tiny_run
+    rdb = optuna.storages.RDBStorage(spec["search"]["storage"])
+    names = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(rdb)}
+    stages = ("search-digits_n300-scratch", "search-digits_n300-rkd")
+    assert names == {f"{run.path.name}/{stage}": n for stage, n in zip(stages, (1, 2))}
+    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(run.path / "optuna" / "journal.log")))
+    copied = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(journal)}
+    assert copied == dict(zip(stages, (1, 2)))
+
+    pytest.importorskip("optuna_dashboard")
+    for storage in (str(run.path / "optuna" / "journal.log"), spec["search"]["storage"]):
+        studies = _dashboard_studies(storage)
+        assert sorted(s["study_name"].rsplit("/", 1)[-1] for s in studies) == sorted(stages)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _dashboard_studies(storage: str) -> list[dict]:
+    """``optuna-dashboard STORAGE --host 127.0.0.1 --port N``; its API's study list, each with
+    its trials."""
+    import json
+    import shutil
+    import time
+    import urllib.request
+
+    exe = shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent)) \
+        or "optuna-dashboard"
+    port = _free_port()
+    proc = subprocess.Popen([exe, storage, "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/api/studies"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    studies = json.load(response)["study_summaries"]
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.3)
+        for study in studies:
+            with urllib.request.urlopen(f"{url}/{study['study_id']}?after=0",
+                                        timeout=5) as response:
+                detail = json.load(response)
+            assert detail["trials"] and all(t["state"] == "Complete" for t in detail["trials"])
+            assert all(t["params"] for t in detail["trials"]
+                       if not study["study_name"].endswith("scratch"))
+        return studies
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -127,8 +127,12 @@ def test_unmeasured_complexity_is_said_and_datasets_are_categories(tmp_path):
 
 
 def test_knob_sweep_gets_a_gain_against_knob_figure(tmp_path):
-    datasets = [{"dataset": f"mnist[label_noise={v}]", "name": "mnist", "knob": "label_noise",
-                 "knob_value": v, "complexity_score": 0.2 + v} for v in (0.0, 0.2, 0.4)]
+    # as knobs-digits writes them: max_train held fixed beside the swept label_noise, so
+    # datasets.parquet's single-knob columns say 'max_train+label_noise' and no value
+    datasets = [{"dataset": f"mnist[n=300,label_noise={v}]", "name": "mnist",
+                 "knob": "max_train+label_noise", "knob_value": None,
+                 "knobs_json": json.dumps({"max_train": 300, "label_noise": v}),
+                 "complexity_score": 0.2 + v} for v in (0.0, 0.2, 0.4)]
     run = write_synthetic_run(tmp_path / "run", datasets=datasets, search_trials=5)
     page = build_report(run, tmp_path / "r.html").read_text()
     (fig,) = by_title(page, "Gain against the knob label_noise")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pyarrow.parquet as pq
@@ -122,13 +123,36 @@ def test_a_still_improving_baseline_is_flagged_beside_its_verdict():
 def test_trends_fit_the_gain_against_complexity_and_against_a_knob():
     gains = [{"dataset": d, "method": "rkd", "baseline": "scratch", "gain_pts": g, "gain_se": 0.1}
              for d, g in (("x", 1.0), ("x[label_noise=0.2]", 3.0), ("x[label_noise=0.4]", 5.0))]
-    datasets = [{"dataset": "x", "complexity_score": 0.2, "knob": None, "knob_value": None},
-                {"dataset": "x[label_noise=0.2]", "complexity_score": 0.4,
-                 "knob": "label_noise", "knob_value": 0.2},
-                {"dataset": "x[label_noise=0.4]", "complexity_score": 0.6,
-                 "knob": "label_noise", "knob_value": 0.4}]
+    datasets = [{"dataset": "x", "name": "x", "complexity_score": 0.2, "knobs_json": "{}"},
+                {"dataset": "x[label_noise=0.2]", "name": "x", "complexity_score": 0.4,
+                 "knobs_json": '{"label_noise": 0.2}'},
+                {"dataset": "x[label_noise=0.4]", "name": "x", "complexity_score": 0.6,
+                 "knobs_json": '{"label_noise": 0.4}'}]
     trends = {t["axis"]: t for t in compute_trends(gains, datasets)}
     assert trends["complexity_score"]["slope"] == pytest.approx(10.0)
     assert trends["complexity_score"]["support"] == "grows"
-    assert trends["label_noise"]["slope"] == pytest.approx(10.0)  # two points of the sweep
+    # the clean set names no label_noise: not on the sweep (its neutral value is not assumed)
+    assert trends["label_noise"]["slope"] == pytest.approx(10.0)
     assert trends["label_noise"]["n_points"] == 2
+
+
+def test_a_knob_held_fixed_beside_the_swept_one_keeps_the_sweep():
+    """knobs-digits: every level has max_train 300, label_noise 0 / 0.1 / 0.4; a variant with
+    another max_train or of another source is not on that sweep."""
+    levels = {"a": (300, 0.0, 1.0), "b": (300, 0.1, 2.0), "c": (300, 0.4, 5.0),
+              "d": (1000, 0.2, 50.0)}
+    gains = [{"dataset": d, "method": "rkd", "baseline": "scratch", "gain_pts": g,
+              "gain_se": 0.5} for d, (_, _, g) in levels.items()]
+    gains.append({"dataset": "e", "method": "rkd", "baseline": "scratch", "gain_pts": -9.0,
+                  "gain_se": 0.5})
+    datasets = [{"dataset": d, "name": "digits", "complexity_score": 0.1 * i,
+                 "knobs_json": json.dumps({"max_train": n, "label_noise": p})}
+                for i, (d, (n, p, _)) in enumerate(levels.items())]
+    datasets.append({"dataset": "e", "name": "fashion_mnist", "complexity_score": 0.9,
+                     "knobs_json": json.dumps({"max_train": 300, "label_noise": 0.3})})
+    trends = {t["axis"]: t for t in compute_trends(gains, datasets)}
+    sweep = trends["label_noise"]
+    assert json.loads(sweep["datasets_json"]) == ["a", "b", "c"]
+    assert sweep["slope"] == pytest.approx(10.0)  # the gain rises 1 point per 0.1 of noise
+    # max_train takes 300 and 1000, but never with the rest of the knobs equal: no sweep
+    assert "max_train" not in trends

@@ -75,3 +75,35 @@ def test_a_method_with_nothing_searched_runs_one_search_trial(tiny_spec_dict):
     assert search_trials(spec, "rkd") == spec.search.trials
     tuned = parse_spec(tiny_spec_dict | {"search": tiny_spec_dict["search"] | {"lr": [0.01, 0.1]}})
     assert search_trials(tuned, "scratch") == tuned.search.trials
+
+
+def test_search_storage_must_be_an_optuna_rdb_url(tiny_spec_dict):
+    from kdtune.spec import SpecError, parse_spec
+
+    tiny_spec_dict["search"]["storage"] = "redis://localhost/0"
+    with pytest.raises(SpecError, match=r"search\.storage.*Optuna RDB URL") as error:
+        parse_spec(tiny_spec_dict)
+    assert "\n" not in str(error.value)
+
+
+def test_an_rdb_that_cannot_open_is_one_line_before_anything_is_written(
+        tiny_spec_dict, write_spec, tmp_path, capsys):
+    from kdtune.cli import main
+
+    tiny_spec_dict["search"]["storage"] = f"sqlite:///{tmp_path}/no/such/folder/optuna.db"
+    storage = tmp_path / "runs"
+    assert main(["run", str(write_spec(tiny_spec_dict)), "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"kdtune: error: search.storage sqlite:///{tmp_path}/no/such/folder/"
+                          "optuna.db: cannot open it (") and "\n" not in err
+    assert not storage.exists() or not any(storage.iterdir())
+
+
+def test_a_relative_sqlite_file_is_made_absolute(tiny_spec_dict, tmp_path, monkeypatch):
+    from kdtune.preflight import resolve_paths
+    from kdtune.spec import parse_spec
+
+    monkeypatch.chdir(tmp_path)
+    tiny_spec_dict["search"]["storage"] = "sqlite:///studies.db"
+    spec = resolve_paths(parse_spec(tiny_spec_dict), None, None)
+    assert spec.search.storage == f"sqlite:///{tmp_path / 'studies.db'}"

@@ -16,7 +16,7 @@ from kdtune import methods as registry
 from kdtune.report.data import Importance, Run, _num
 from kdtune.report.html import esc, missing
 from kdtune.report.surface import fit_surface
-from kdtune.results import best_search_trial
+from kdtune.results import best_search_trial, knob_sweeps
 
 TEACHER = "teacher"  # the curves' name for the pretrained teacher (role teacher)
 TEACHER_COLOUR = "#222222"
@@ -448,15 +448,19 @@ def selection_figure(runs: list[Run]) -> go.Figure | None:
 
 
 def knob_figures(runs: list[Run]) -> list[go.Figure]:
-    """Gain against the value of each knob swept over at least two settings."""
+    """Gain against the value of each knob swept over at least two settings (the sweeps the
+    trends fit: :func:`kdtune.results.knob_sweeps`)."""
     multi = len(runs) > 1
     sweeps: dict[str, list[tuple[Run, dict[str, Any], dict[str, Any]]]] = {}
     for run in runs:
-        for g in run.gains:
-            meta = run.dataset_meta(g["dataset"])
-            if g.get("baseline") and meta.get("knob") and _num(meta.get("knob_value")) \
-                    and not missing(g["gain_pts"]):
-                sweeps.setdefault(str(meta["knob"]), []).append((run, meta, g))
+        meta = {d["dataset"]: d for d in run.datasets}
+        compared = [g for g in run.gains if g.get("baseline") and not missing(g["gain_pts"])]
+        for method in dict.fromkeys(g["method"] for g in compared):
+            mine = [g for g in compared if g["method"] == method]
+            for knob, points in knob_sweeps(mine, meta):
+                sweeps.setdefault(knob, []).extend(
+                    (run, run.dataset_meta(g["dataset"]) | {"knob_value": x}, g)
+                    for x, g in points)
     figures = []
     for knob, items in sorted(sweeps.items()):
         if len({it[1]["knob_value"] for it in items}) < 2:
