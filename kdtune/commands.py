@@ -154,11 +154,12 @@ def _complexity(args: argparse.Namespace) -> int:
 
 def _report(run_dirs: list[str], out: str | None) -> int:
     from kdtune.report import ReportError, build_report
+    from kdtune.storage import StorageError
 
     try:
         started = time.perf_counter()
         path = build_report(run_dirs, out)
-    except ReportError as error:
+    except (ReportError, StorageError) as error:  # StorageError: a damaged run file
         return fail(str(error))
     print(path)  # alone on stdout, for scripts
     print(f"report: {path.stat().st_size / 1e6:.1f} MB, built in "

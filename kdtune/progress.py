@@ -154,7 +154,7 @@ class Progress:
 
     def refresh(self, force: bool = False) -> None:
         """Redraw the status line (live mode, at most once per ``refresh_s``)."""
-        if self.mode != "live":
+        if self.mode != "live" or self.trials_total is None:  # nothing to show before plan()
             return
         now = self.clock()
         if not force and now - self._drawn_at < self.refresh_s:

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from kdtune import methods
 from kdtune.hparams import HYPERPARAMS
-from kdtune.storage import Location, exists, join, write_atomic
+from kdtune.storage import Location, StorageError, exists, join, write_atomic
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
@@ -155,13 +155,56 @@ def write_table_atomic(rows: list[dict[str, Any]], schema: pa.Schema, path: str 
     write_atomic(path, lambda tmp: pq.write_table(table, tmp))
 
 
+class RunFileError(StorageError):
+    """A damaged file of a run directory: ``str(error)`` is one line naming it and what to do."""
+
+
+# what to do about a damaged file, by name (a part of a parts dataset: move that part away)
+REPAIR = {
+    "trials.parquet": "restore it from a copy, or move it away to run every trial again",
+    "epochs.parquet": "restore it from a copy, or move it away (the report then shows no "
+                      "learning curves)",
+    "datasets.parquet": "restore it from a copy; kdtune run writes it when a run starts",
+}
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
+
+
+def damaged(path: Path, error: BaseException) -> RunFileError:
+    """The one-line error for a run file that cannot be read."""
+    if path.name.startswith("part-"):
+        what = f"move that part away to record its trial again ({path.parent.name.lstrip('.')})"
+    else:
+        what = REPAIR.get(path.name, "restore it from a copy")
+    return RunFileError(f"{path}: damaged, cannot read it ({first_line(error)}); {what}")
+
+
+def _bad_part(folder: Path) -> Path | None:
+    """The first part file of a parts dataset whose Parquet footer cannot be read."""
+    for part in sorted(folder.iterdir()):
+        if part.name.startswith("part-"):
+            try:
+                pq.read_metadata(part)
+            except (pa.ArrowException, OSError):
+                return part
+    return None
+
+
 def read_rows(path: str | Path, key: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
     """The rows of a Parquet file, or of a parts dataset (a folder of part files, or the link
-    to one); with ``key``, a row that a later part repeats is kept once, its last version."""
+    to one); with ``key``, a row that a later part repeats is kept once, its last version.
+    A damaged file (truncated, empty, not Parquet): :class:`RunFileError` naming it."""
     path = Path(path)
     if not path.exists():
         return []
-    rows = pq.read_table(path).to_pylist()
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as error:
+        bad = _bad_part(path.resolve()) if path.is_dir() else None
+        raise damaged(bad or path, error) from None
     if key is None or not path.is_dir():
         return rows
     latest = {tuple(r[k] for k in key): r for r in rows}
@@ -341,6 +384,18 @@ class ResultsStore:
     def finished(self, **match: Any) -> list[dict[str, Any]]:
         return [r for r in self.trials if r["status"] == "finished"
                 and all(r.get(k) == v for k, v in match.items())]
+
+
+def read_meta(path: Path) -> tuple[dict[str, Any], str | None]:
+    """``run.json`` as a dict, and why it could not be read (None: it could, or it is not
+    there): run.json is rewritten at every status change, so a damaged one is recovered."""
+    if not path.exists():
+        return {}, None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        return {}, first_line(error)
+    return (data, None) if isinstance(data, dict) else ({}, "not a JSON object")
 
 
 def compact_run(run_dir: Path) -> None:

@@ -143,6 +143,25 @@ def _trials(storage: Any, study_name: str) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
+def journal_damage(journal: Path) -> str | None:
+    """Why the run's Optuna journal cannot be read (None: it can, or it is not there). A
+    journal cut short mid-line reads as the complete records before the cut (Optuna drops
+    the partial line): not damage."""
+    if not journal.exists():
+        return None
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    try:  # as a resumed search reads it: every study and its trials
+        storage = JournalStorage(JournalFileBackend(str(journal)))
+        for summary in optuna.get_all_study_summaries(storage):
+            optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(
+                deepcopy=False)
+    except Exception as error:  # noqa: BLE001 - a garbled journal raises decode/JSON errors
+        return type(error).__name__
+    return None
+
+
 def load_optuna_study(journal: Path, study_name: str) -> optuna.Study | None:
     """The stored Optuna study of one search, or None if it never ran."""
     from optuna.storages import JournalStorage

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 import shutil
 import socket
@@ -48,15 +49,18 @@ from kdtune.rundir import (
     TRENDS_FILE,
     TRIALS_FILE,
     ResultsStore,
+    RunFileError,
+    first_line,
     new_run_dir,
+    read_meta,
     read_rows,
     write_json_atomic,
     write_table_atomic,
     write_text_atomic,
 )
-from kdtune.search import copy_searches_to_journal
+from kdtune.search import copy_searches_to_journal, journal_damage
 from kdtune.session import init_ray
-from kdtune.spec import DatasetSpec, StudySpec, parse_spec
+from kdtune.spec import DatasetSpec, SpecError, StudySpec, parse_spec
 from kdtune.storage import (
     Location,
     RunMirror,
@@ -67,6 +71,7 @@ from kdtune.storage import (
     join,
     load_torch,
     staging_dir,
+    write_atomic,
 )
 from kdtune.trainables import teacher_path
 from kdtune.tuner import asha, fit_stage, stage_name
@@ -151,13 +156,22 @@ class Study:
         if not spec_file.exists():
             raise StorageError(f"{remote or run_dir}: not a kdtune run directory "
                                f"(no {SPEC_FILE})")
-        meta = json.loads((run_dir / RUN_FILE).read_text()) if (run_dir / RUN_FILE).exists() else {}
-        spec = parse_spec(yaml.safe_load(spec_file.read_text()), str(spec_file))
+        read_rows(run_dir / DATASETS_FILE)  # a damaged one is refused before anything runs
+        meta, meta_damage = read_meta(run_dir / RUN_FILE)
+        if meta_damage:  # rewritten below: the run's status and machine, nothing else
+            (progress or Progress("plain", write=log)).log(
+                f"{run_dir / RUN_FILE}: damaged ({meta_damage}); written anew")
+        try:
+            spec_text = spec_file.read_text(encoding="utf-8")
+            spec = parse_spec(yaml.safe_load(spec_text), str(spec_file))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, SpecError) as error:
+            raise RunFileError(f"{spec_file}: damaged, cannot read it ({first_line(error)}); "
+                               "restore it from the spec the run was started with") from None
         parent = remote.rsplit("/", 1)[0] if remote else str(run_dir.parent)
         spec = spec.model_copy(update={"storage": meta.get("storage", parent)})
         if meta.get("datasets"):
             spec = spec.model_copy(update={"datasets": [DatasetSpec(**d) for d in meta["datasets"]]})
-        return cls(spec, run_dir, spec_file.read_text(), log, remote=remote, progress=progress)
+        return cls(spec, run_dir, spec_text, log, remote=remote, progress=progress)
 
     @property
     def tune_dir(self) -> Location:
@@ -197,7 +211,7 @@ class Study:
 
     def _write_meta(self, status: str, **extra: Any) -> None:
         path = self.run_dir / RUN_FILE
-        meta = json.loads(path.read_text()) if path.exists() else {}
+        meta, _ = read_meta(path)
         meta.update({"study": self.spec.study, "status": status, "storage": self.spec.storage,
                      "datasets": [d.model_dump() for d in self.spec.datasets],
                      "host": socket.gethostname(), "platform": platform.platform(),
@@ -222,9 +236,10 @@ class Study:
             tid = spec.teacher_id(ds, model)
             path = teacher_path(spec.storage, tid)
             out[index] = (tid, path)
-            if exists(path):
+            state = stored_teacher(path, self.log) if exists(path) else None
+            if state is not None:
                 self.log(f"{method} {tid}: reusing {path}")
-                self._record_reused_teacher(index, tid, path, method, stage)
+                self._record_reused_teacher(index, tid, path, method, stage, state)
             elif index not in [i for i, _ in to_train] and tid not in [t for _, t in to_train]:
                 to_train.append((index, tid))
         if to_train:
@@ -256,13 +271,33 @@ class Study:
         trial = self.plan.for_method(method)
         return {"cpus": trial.cpus, "gpus": trial.gpus}
 
+    def _check_journal(self) -> None:
+        """A garbled Optuna journal is kept aside: the searches go on from trials.parquet
+        (their finished trials are kept; TPE restarts without their history)."""
+        journal = self.run_dir / JOURNAL_FILE
+        data = journal.read_bytes() if journal.exists() else b""
+        if data and not data.endswith(b"\n"):
+            # a journal cut mid-record: Optuna skips the partial last line when it reads, but
+            # the next record would be appended to it and garble both; drop it
+            kept = data[: data.rfind(b"\n") + 1]
+            write_atomic(journal, lambda tmp: Path(tmp).write_bytes(kept))
+            self.log(f"{journal}: its last record was cut short; dropped it "
+                     f"({len(data) - len(kept)} bytes)")
+        reason = journal_damage(journal)
+        if reason:
+            aside = journal.with_name(f"{journal.name}.damaged-{dt.datetime.now():%Y%m%d-%H%M%S}")
+            os.replace(journal, aside)
+            self.log(f"{journal}: damaged ({reason}); kept aside as {aside.name}, the searches "
+                     "continue from trials.parquet without their Optuna history")
+
     def _record_reused_teacher(self, index: int, tid: str, path: Location,
-                               method: str = "teacher", stage: str = "teachers") -> None:
+                               method: str = "teacher", stage: str = "teachers",
+                               state: dict[str, Any] | None = None) -> None:
         trial_id = f"{stage}:reused:{tid}"
         if any(r["trial_id"] == trial_id or (r["role"] == "teacher" and r["teacher_id"] == tid)
                for r in self.store.trials):
             return  # this run trained it (and was resumed), or already recorded its reuse
-        state = load_torch(path)
+        state = state if state is not None else load_torch(path)
         arch, _ = methods.trial_models(self.spec, method)
         self.store.finish_trial({
             "study": self.spec.study, "run_id": self.run_dir.name, "stage": stage,
@@ -424,6 +459,7 @@ class Study:
                                                    self.plan.roles.items()},
                              gpu_fit=self.plan.measured or None)
             self._plan_progress()
+            self._check_journal()
             # the spec's teacher, and a pretrained student-architecture model for self/reversed
             teachers = {model: self._teachers(model)
                         for model in methods.teacher_sources(self.spec)}
@@ -458,12 +494,38 @@ class Study:
         return self.run_dir
 
 
+def stored_teacher(path: Location, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """A stored teacher's checkpoint, or None where it is unreadable (truncated, empty, not a
+    checkpoint): a local one is kept aside (``teacher.pt.damaged-TIME``), so the study trains
+    that teacher again; one at a URI is refused (one line: delete it)."""
+    try:
+        state = load_torch(path)
+        if not isinstance(state, dict) or "model" not in state:
+            raise ValueError("no model state in it")
+        return state
+    except Exception as error:  # noqa: BLE001 - torch raises many kinds for a bad file
+        # torch's own message suggests loading with weights_only=False: never repeated
+        reason = str(error) if isinstance(error, ValueError) \
+            else "not a readable PyTorch checkpoint"
+        if is_uri(path):
+            raise RunFileError(f"{path}: damaged ({reason}); delete it to train that teacher "
+                               "again") from None
+        aside = Path(path).with_name(f"{Path(path).name}.damaged-"
+                                     f"{dt.datetime.now():%Y%m%d-%H%M%S}")
+        os.replace(path, aside)
+        log(f"{path}: damaged ({reason}); kept aside as {aside.name}, training that teacher "
+            "again")
+        return None
+
+
 def plan_resources(spec: StudySpec, splits: list[Splits],
                    log: Callable[[str], None] = console.log) -> ResourcePlan:
     """Each role's resources on the connected cluster (``gpus: fit`` measures here)."""
     sources = methods.teacher_sources(spec)
-    train_teacher = not all(exists(teacher_path(spec.storage, spec.teacher_id(ds, model)))
-                            for ds in spec.datasets for model in sources)
+    paths = [teacher_path(spec.storage, spec.teacher_id(ds, model))
+             for ds in spec.datasets for model in sources]
+    # a stored teacher that cannot be read is set aside here, so its training gets resources
+    train_teacher = not all([exists(p) and stored_teacher(p, log) is not None for p in paths])
     # under resplit, each final seed's split has a teacher of its own, trained as needed
     train_teacher = train_teacher or bool(spec.final.resplit and sources)
     shapes = [Shape(s.channels, s.image_size, s.num_classes, splits_bytes(s)) for s in splits]

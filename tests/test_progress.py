@@ -138,7 +138,8 @@ def test_a_study_on_a_terminal_shows_a_status_line_and_quiet_shows_the_summary(
               if part.startswith("kdtune: ")]
     assert status, out[-3000:]
     assert any("running" in s and "left" in s for s in status)
-    assert any("best val: digits_n300 rkd" in s for s in status)
+    assert any("best val: digits[n=300] rkd" in s for s in status)
+    assert all("/?" not in s for s in status)  # drawn once the plan is known
     assert "done in" in out and "report:" in out
     # a teacher of 10 epochs prints every 2nd epoch: 5 lines, not 10
     assert out.count("teacher epoch") == 5

@@ -1,0 +1,119 @@
+"""The fault matrix: every file kdtune reads from a run directory or its storage, truncated,
+emptied or replaced by garbage, through ``kdtune resume``, ``kdtune report`` and (the stored
+teacher) ``kdtune run``. Never a traceback: exit 0 where kdtune recovers without loss (and says
+so), exit 2 with one line naming the file where it cannot; never a finished trial lost, and a
+refused command writes nothing."""
+
+from __future__ import annotations
+
+import copy
+import random
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from kdtune.cli import main
+
+pytestmark = pytest.mark.slow
+
+DAMAGES = ("truncated", "empty", "garbage")
+
+# file -> (exit codes of resume, of report): 0 recovered or not needed, 2 refused
+MATRIX = {
+    "trials.parquet": ({2}, {2}),
+    "epochs.parquet": ({2}, {2}),
+    "datasets.parquet": ({2}, {2}),
+    "run.json": ({0}, {0}),
+    "spec.yaml": ({2}, {0}),  # the report reads a spec as text and never needs it whole
+    "optuna/journal.log": ({0}, {0}),
+}
+
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    else:
+        path.write_bytes(random.Random(0).randbytes(max(64, len(data))))
+
+
+def _target(run_dir: Path, name: str) -> Path:
+    """The file a name stands for: a parts dataset's (compacted) part."""
+    path = run_dir / name
+    if path.is_dir():
+        (part,) = sorted(path.resolve().glob("part-*.parquet"))
+        return part
+    return path
+
+
+def _snapshot(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and "tune" not in p.relative_to(run_dir).parts}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    import kdtune
+    from tests.conftest import TINY_SPEC
+
+    root = tmp_path_factory.mktemp("matrix")
+    spec = copy.deepcopy(TINY_SPEC)
+    spec.update(methods=["scratch", "rkd"], final={"seeds": [0]})
+    spec["search"]["trials"] = 1
+    spec["training"] |= {"teacher_epochs": 2, "student_epochs": 2}
+    run = kdtune.run(spec, storage=str(root / "runs"), progress=False)
+    return spec, run.path
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+@pytest.mark.parametrize("name", list(MATRIX))
+def test_a_damaged_run_file(finished, name, how, tmp_path, capsys):
+    _, original = finished
+    rows = pq.read_table(original / "trials.parquet").num_rows
+    # the storage as a user holds it: the run beside the stored teachers (a run.json that
+    # names no storage means the run directory's parent)
+    shutil.copytree(original.parent, tmp_path / "runs", symlinks=True)
+    run_dir = tmp_path / "runs" / original.name
+    _damage(_target(run_dir, name), how)
+    resume_codes, report_codes = MATRIX[name]
+    for command, codes in (("report", report_codes), ("resume", resume_codes)):
+        before = _snapshot(run_dir)
+        capsys.readouterr()
+        code = main([command, str(run_dir)])
+        out, err = capsys.readouterr()
+        assert code in codes, (command, name, how, code, out[-2000:], err[-2000:])
+        assert "Traceback" not in out + err and "weights_only" not in out + err
+        if code == 2:
+            (line,) = err.strip().splitlines()  # one line, naming the file
+            assert line.startswith("kdtune: error: ") and Path(name).name.split(".")[0] in line
+            assert _snapshot(run_dir) == before  # nothing written
+        elif name != "trials.parquet":  # recovered: every finished trial still there
+            assert pq.read_table(run_dir / "trials.parquet").num_rows == rows
+            if name in ("run.json", "optuna/journal.log") and command == "resume" \
+                    and how == "garbage":
+                assert "damaged" in out  # said so
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_a_damaged_stored_teacher_is_kept_aside_and_trained_again(finished, how, tmp_path,
+                                                                 write_spec, capsys):
+    spec, original = finished
+    storage = tmp_path / "runs"
+    shutil.copytree(original.parent / "teachers", storage / "teachers")
+    (teacher,) = (storage / "teachers").glob("*/teacher.pt")
+    _damage(teacher, how)
+    capsys.readouterr()
+    assert main(["run", str(write_spec(spec)), "--storage", str(storage)]) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err and "weights_only" not in out + err
+    assert f"{teacher}: damaged" in out and "training that teacher again" in out
+    (aside,) = teacher.parent.glob("teacher.pt.damaged-*")
+    assert aside.stat().st_size < teacher.stat().st_size or how == "garbage"
+    (run_dir,) = [p for p in storage.iterdir() if p.name.startswith("tiny-")]
+    roles = [r["status"] for r in pq.read_table(run_dir / "trials.parquet").to_pylist()
+             if r["role"] == "teacher"]
+    assert roles == ["finished"]  # trained again, not reused
