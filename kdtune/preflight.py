@@ -4,6 +4,7 @@ behind."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -12,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from kdtune.data import Splits
+from kdtune.rundir import RunFileError
 from kdtune.spec import SpecError, StudySpec
-from kdtune.storage import StorageError, check_writable, is_uri
+from kdtune.storage import Location, StorageError, check_writable, is_uri, load_torch, write_atomic
 
 # a run directory of the quickstart is ~5 MB; refuse storage that cannot hold a few of them
 MIN_FREE_BYTES = 200 * 1024 * 1024
@@ -118,3 +120,48 @@ def check_storage(storage: str | Path, min_free: int = MIN_FREE_BYTES) -> None:
     if free < min_free:
         raise StorageError(f"storage {storage}: only {free // 2**20} MiB free, need at least "
                            f"{min_free // 2**20} MiB")
+
+
+def stored_teacher(path: Location, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """A stored teacher's checkpoint, or None where it is unreadable (truncated, empty, not a
+    checkpoint): a local one is kept aside (``teacher.pt.damaged-TIME``), so the study trains
+    that teacher again; one at a URI is refused (one line: delete it)."""
+    try:
+        state = load_torch(path)
+        if not isinstance(state, dict) or "model" not in state:
+            raise ValueError("no model state in it")
+        return state
+    except Exception as error:  # noqa: BLE001 - torch raises many kinds for a bad file
+        # torch's own message suggests loading with weights_only=False: never repeated
+        reason = str(error) if isinstance(error, ValueError) \
+            else "not a readable PyTorch checkpoint"
+        if is_uri(path):
+            raise RunFileError(f"{path}: damaged ({reason}); delete it to train that teacher "
+                               "again") from None
+        aside = Path(path).with_name(f"{Path(path).name}.damaged-"
+                                     f"{dt.datetime.now():%Y%m%d-%H%M%S}")
+        os.replace(path, aside)
+        log(f"{path}: damaged ({reason}); kept aside as {aside.name}, training that teacher "
+            "again")
+        return None
+
+
+def repair_journal(journal: Path, log: Callable[[str], None]) -> None:
+    """A journal cut mid-record loses that record (Optuna skips a partial last line when it
+    reads, but the next record would be appended to it and garble both); a garbled one is kept
+    aside (``journal.log.damaged-TIME``): the searches go on from trials.parquet, their
+    finished trials kept, TPE without their history."""
+    from kdtune.search import journal_damage  # imports Ray Tune: only when a run starts
+
+    data = journal.read_bytes() if journal.exists() else b""
+    if data and not data.endswith(b"\n"):
+        kept = data[: data.rfind(b"\n") + 1]
+        write_atomic(journal, lambda tmp: Path(tmp).write_bytes(kept))
+        log(f"{journal}: its last record was cut short; dropped it "
+            f"({len(data) - len(kept)} bytes)")
+    reason = journal_damage(journal)
+    if reason:
+        aside = journal.with_name(f"{journal.name}.damaged-{dt.datetime.now():%Y%m%d-%H%M%S}")
+        os.replace(journal, aside)
+        log(f"{journal}: damaged ({reason}); kept aside as {aside.name}, the searches "
+            "continue from trials.parquet without their Optuna history")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import platform
 import shutil
 import socket
@@ -31,7 +30,13 @@ from kdtune.data import Splits
 from kdtune.finals import done_seeds, required_seeds
 from kdtune.hparams import Hyperparams
 from kdtune.job import TrialJob
-from kdtune.preflight import check_datasets, check_search_storage, check_storage
+from kdtune.preflight import (
+    check_datasets,
+    check_search_storage,
+    check_storage,
+    repair_journal,
+    stored_teacher,
+)
 from kdtune.progress import Progress, plan_from_spec
 from kdtune.recorder import Recorder
 from kdtune.resources import ClusterView, ResourcePlan, Shape, resolve, roles_needed
@@ -58,7 +63,7 @@ from kdtune.rundir import (
     write_table_atomic,
     write_text_atomic,
 )
-from kdtune.search import copy_searches_to_journal, journal_damage
+from kdtune.search import copy_searches_to_journal
 from kdtune.session import init_ray
 from kdtune.spec import DatasetSpec, SpecError, StudySpec, parse_spec
 from kdtune.storage import (
@@ -71,7 +76,6 @@ from kdtune.storage import (
     join,
     load_torch,
     staging_dir,
-    write_atomic,
 )
 from kdtune.trainables import teacher_path
 from kdtune.tuner import asha, fit_stage, stage_name
@@ -272,23 +276,8 @@ class Study:
         return {"cpus": trial.cpus, "gpus": trial.gpus}
 
     def _check_journal(self) -> None:
-        """A garbled Optuna journal is kept aside: the searches go on from trials.parquet
-        (their finished trials are kept; TPE restarts without their history)."""
-        journal = self.run_dir / JOURNAL_FILE
-        data = journal.read_bytes() if journal.exists() else b""
-        if data and not data.endswith(b"\n"):
-            # a journal cut mid-record: Optuna skips the partial last line when it reads, but
-            # the next record would be appended to it and garble both; drop it
-            kept = data[: data.rfind(b"\n") + 1]
-            write_atomic(journal, lambda tmp: Path(tmp).write_bytes(kept))
-            self.log(f"{journal}: its last record was cut short; dropped it "
-                     f"({len(data) - len(kept)} bytes)")
-        reason = journal_damage(journal)
-        if reason:
-            aside = journal.with_name(f"{journal.name}.damaged-{dt.datetime.now():%Y%m%d-%H%M%S}")
-            os.replace(journal, aside)
-            self.log(f"{journal}: damaged ({reason}); kept aside as {aside.name}, the searches "
-                     "continue from trials.parquet without their Optuna history")
+        """A damaged Optuna journal is repaired or kept aside before any search reads it."""
+        repair_journal(self.run_dir / JOURNAL_FILE, self.log)
 
     def _record_reused_teacher(self, index: int, tid: str, path: Location,
                                method: str = "teacher", stage: str = "teachers",
@@ -492,30 +481,6 @@ class Study:
         self.progress.summary(console.summary(self.store.trials, gains, wall, trends))
         self.progress.summary(f"report: {report}")
         return self.run_dir
-
-
-def stored_teacher(path: Location, log: Callable[[str], None]) -> dict[str, Any] | None:
-    """A stored teacher's checkpoint, or None where it is unreadable (truncated, empty, not a
-    checkpoint): a local one is kept aside (``teacher.pt.damaged-TIME``), so the study trains
-    that teacher again; one at a URI is refused (one line: delete it)."""
-    try:
-        state = load_torch(path)
-        if not isinstance(state, dict) or "model" not in state:
-            raise ValueError("no model state in it")
-        return state
-    except Exception as error:  # noqa: BLE001 - torch raises many kinds for a bad file
-        # torch's own message suggests loading with weights_only=False: never repeated
-        reason = str(error) if isinstance(error, ValueError) \
-            else "not a readable PyTorch checkpoint"
-        if is_uri(path):
-            raise RunFileError(f"{path}: damaged ({reason}); delete it to train that teacher "
-                               "again") from None
-        aside = Path(path).with_name(f"{Path(path).name}.damaged-"
-                                     f"{dt.datetime.now():%Y%m%d-%H%M%S}")
-        os.replace(path, aside)
-        log(f"{path}: damaged ({reason}); kept aside as {aside.name}, training that teacher "
-            "again")
-        return None
 
 
 def plan_resources(spec: StudySpec, splits: list[Splits],
