@@ -219,7 +219,7 @@ def run_bare(spec, run_dir: Path, processes: int) -> tuple[float, dict[str, floa
         check_datasets(spec)  # what kdtune's driver does before any trial, for the same cost
         with ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn"),
                                  initializer=_bare_init,
-                                 initargs=(spec.model_dump_json(), teacher_dir,
+                                 initargs=(spec.model_dump_json(exclude_unset=True), teacher_dir,
                                            max(1, int(spec.resources.cpus)))) as pool:
             t = time.perf_counter()
             for trial_id, seconds in pool.map(_bare_trial, teachers):

@@ -49,7 +49,9 @@ def _spec_text(source: Any, spec: StudySpec) -> str:
 
     if isinstance(source, (str, Path)):
         return Path(source).read_text(encoding="utf-8")
-    data = source if isinstance(source, dict) else spec.model_dump(mode="json")
+    # unset fields stay out: a default written out would read back as set (distillation.alpha
+    # beside search.alpha is refused)
+    data = source if isinstance(source, dict) else spec.model_dump(mode="json", exclude_unset=True)
     return yaml.safe_dump(data, sort_keys=False)
 
 

@@ -205,3 +205,17 @@ def _dashboard_studies(storage: str) -> list[dict]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_spec_object_is_kept_as_yaml_that_reads_back_the_same(tiny_spec_dict):
+    """kdtune.run(StudySpec) writes spec.yaml from the object: what it leaves unset stays unset
+    (a default written out would read back as set: distillation.alpha beside search.alpha is
+    refused)."""
+    import yaml
+
+    from kdtune.api import _spec_text
+
+    spec = kdtune.load_spec(tiny_spec_dict)
+    text = _spec_text(spec, spec)
+    assert kdtune.load_spec(yaml.safe_load(text)) == spec
+    assert "alpha: 0.7" not in text  # the fixed default, unset, is not written
