@@ -269,8 +269,9 @@ def gain_trend(x: Sequence[float], gains: Sequence[float], ses: Sequence[float],
     Stat. Med. 18:2693) with a t(k - 2) quantile; for k = 2 the known-variance SE with a normal
     quantile. A comparison with se 0 or NaN takes the smallest positive se of the others (all
     weights equal if none is positive). ``support``: ``grows`` if the slope's interval lies
-    above 0, ``falls`` if below, else ``not supported``; ``too few points`` for fewer than two
-    distinct x.
+    above 0, ``falls`` if below, else ``not supported``; ``too few points`` for fewer than three
+    points (two give a slope and its known-variance interval, but how far datasets scatter
+    about a line cannot be seen from two, so no trend is claimed) or two distinct x.
     """
     xs, ys, ss = (np.asarray(list(v), dtype=float) for v in (x, gains, ses))
     keep = np.isfinite(xs) & np.isfinite(ys)
@@ -298,6 +299,8 @@ def gain_trend(x: Sequence[float], gains: Sequence[float], ses: Sequence[float],
         quantile = math.sqrt(2) * _erfinv(level)
     low, high = slope - quantile * se, slope + quantile * se
     support = "grows" if low > 0 else "falls" if high < 0 else "not supported"
+    if k == 2:  # two datasets: a line through them, with no way to see their scatter about it
+        support = "too few points"
     return Trend(slope, low, high, intercept, k, max(0, k - 2), support, x_bar, mean_se,
                  quantile)
 

@@ -105,3 +105,17 @@ def test_teacher_id_changes_with_what_changes_the_teacher(tiny_spec_dict):
     tiny_spec_dict["training"]["teacher_epochs"] = 7
     other = parse_spec(tiny_spec_dict)
     assert spec.teacher_id(spec.datasets[0]) != other.teacher_id(other.datasets[0])
+
+
+def test_teacher_ids_are_pinned_literally(tiny_spec_dict):
+    """A change to what a teacher id hashes orphans every teacher users have stored: these are
+    literal ids of 2026-12-02 (the tiny spec's teacher and pretrained student, the quickstart's
+    first two datasets), not recomputed from the code. ``training.amp`` stays out of the id:
+    adding it now would orphan every stored teacher; a teacher trained under bf16 autocast is
+    reused by an fp32 study of the same recipe (and the other way round)."""
+    tiny = parse_spec(tiny_spec_dict)
+    assert tiny.teacher_id(tiny.datasets[0]) == "digits-small_cnn-s0-9c98e5c5be40"
+    assert tiny.teacher_id(tiny.datasets[0], "student") == "digits-small_cnn-s0-8d7d20856156"
+    quick = load_spec(Path(__file__).resolve().parents[1] / "studies" / "quickstart.yaml")
+    assert [quick.teacher_id(d) for d in quick.datasets[:2]] == [
+        "digits-small_cnn-s0-7a6e66bd0ac2", "digits-small_cnn-s0-43d87d131908"]
