@@ -53,6 +53,9 @@ class LocalCluster:
         # short: Ray puts unix sockets under it (at most ~107 characters per path)
         self.root = Path(tempfile.mkdtemp(prefix="kdt-", dir="/tmp"))
         self.env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", **(env or {}))
+        # an embedded kdtune run earlier in this process sets this for its own Ray (cluster
+        # mode off): inherited, it keeps `ray start` from starting a head on 127.0.0.2
+        self.env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
         self.env.setdefault("RAY_AUTH_MODE", "disabled")
         self.procs: list[subprocess.Popen] = []
         self.address: str | None = None

@@ -86,7 +86,10 @@ def tiny_run(tmp_path_factory):
     spec["search"]["storage"] = f"sqlite:///{root / 'optuna.db'}"
     lines: list[str] = []
     run = kdtune.run(spec, storage=str(root / "runs"), progress=lines.append)
-    return spec, run, lines, root
+    yield spec, run, lines, root
+    import ray
+
+    ray.shutdown()  # the embedded Ray of kdtune.run: not left to the next test file
 
 
 @pytest.mark.slow

@@ -66,7 +66,10 @@ def finished(tmp_path_factory):
     spec["search"]["trials"] = 1
     spec["training"] |= {"teacher_epochs": 2, "student_epochs": 2}
     run = kdtune.run(spec, storage=str(root / "runs"), progress=False)
-    return spec, run.path
+    yield spec, run.path
+    import ray
+
+    ray.shutdown()  # the embedded Ray of kdtune.run: not left to the next test file
 
 
 @pytest.mark.parametrize("how", DAMAGES)
