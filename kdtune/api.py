@@ -18,7 +18,6 @@ every finished trial: ``kdtune.resume(path)`` carries on.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -151,25 +150,14 @@ class Run:
             return pd.DataFrame(columns=columns)
         return pd.DataFrame(read_rows(file, ROW_KEYS.get(name)), columns=columns)
 
-    @property
-    def trials(self) -> pd.DataFrame:
-        return self._table("trials.parquet")
-
-    @property
-    def epochs(self) -> pd.DataFrame:
-        return self._table("epochs.parquet")
-
-    @property
-    def gains(self) -> pd.DataFrame:
-        return self._table("gains.parquet")
-
-    @property
-    def trends(self) -> pd.DataFrame:
-        return self._table("trends.parquet")
-
-    @property
-    def datasets(self) -> pd.DataFrame:
-        return self._table("datasets.parquet")
+    trials = property(lambda self: self._table("trials.parquet"), doc="one row per trial")
+    epochs = property(lambda self: self._table("epochs.parquet"), doc="per trial and epoch")
+    gains = property(lambda self: self._table("gains.parquet"),
+                     doc="per dataset and method: the gain, its interval, the verdict")
+    trends = property(lambda self: self._table("trends.parquet"),
+                      doc="gain against complexity or a swept knob, per method")
+    datasets = property(lambda self: self._table("datasets.parquet"),
+                        doc="per dataset, with its measured complexity")
 
     @property
     def spec(self) -> StudySpec:
@@ -180,12 +168,9 @@ class Run:
     @property
     def status(self) -> str | None:
         """``created``, ``running``, ``interrupted`` or ``finished`` (run.json)."""
-        from kdtune.rundir import RUN_FILE
+        from kdtune.rundir import RUN_FILE, read_meta
 
-        try:
-            return json.loads((self.path / RUN_FILE).read_text()).get("status")
-        except (OSError, ValueError):
-            return None
+        return read_meta(self.path / RUN_FILE)[0].get("status")
 
     def report(self, out: str | Path | None = None) -> Path:
         """Write the HTML report (default ``RUN/report.html``) and return its path."""

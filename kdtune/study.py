@@ -175,6 +175,7 @@ class Study:
         spec = spec.model_copy(update={"storage": meta.get("storage", parent)})
         if meta.get("datasets"):
             spec = spec.model_copy(update={"datasets": [DatasetSpec(**d) for d in meta["datasets"]]})
+        tracking.check(spec)  # a new run checks in create()
         return cls(spec, run_dir, spec_text, log, remote=remote, progress=progress)
 
     @property
@@ -240,10 +241,9 @@ class Study:
             tid = spec.teacher_id(ds, model)
             path = teacher_path(spec.storage, tid)
             out[index] = (tid, path)
-            state = stored_teacher(path, self.log) if exists(path) else None
-            if state is not None:
+            if exists(path):  # readable: plan_resources set a damaged one aside
                 self.log(f"{method} {tid}: reusing {path}")
-                self._record_reused_teacher(index, tid, path, method, stage, state)
+                self._record_reused_teacher(index, tid, path, method, stage)
             elif index not in [i for i, _ in to_train] and tid not in [t for _, t in to_train]:
                 to_train.append((index, tid))
         if to_train:
@@ -280,13 +280,12 @@ class Study:
         repair_journal(self.run_dir / JOURNAL_FILE, self.log)
 
     def _record_reused_teacher(self, index: int, tid: str, path: Location,
-                               method: str = "teacher", stage: str = "teachers",
-                               state: dict[str, Any] | None = None) -> None:
+                               method: str = "teacher", stage: str = "teachers") -> None:
         trial_id = f"{stage}:reused:{tid}"
         if any(r["trial_id"] == trial_id or (r["role"] == "teacher" and r["teacher_id"] == tid)
                for r in self.store.trials):
             return  # this run trained it (and was resumed), or already recorded its reuse
-        state = state if state is not None else load_torch(path)
+        state = load_torch(path)
         arch, _ = methods.trial_models(self.spec, method)
         self.store.finish_trial({
             "study": self.spec.study, "run_id": self.run_dir.name, "stage": stage,
@@ -441,7 +440,6 @@ class Study:
                  + (f" (staged in {self.run_dir})" if self.remote else ""))
         self._write_meta("running")
         try:
-            tracking.check(self.spec)
             self.trackers = tracking.Trackers(self.spec, self.run_dir)
             self._prepare(address)
             self._write_meta("running", resources={role: r.__dict__ for role, r in

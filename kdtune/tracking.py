@@ -95,13 +95,6 @@ def check(spec: StudySpec) -> None:
 class _Tracker:
     """One backend: a run per trial, opened at its first epoch and closed with its row."""
 
-    def __getstate__(self) -> dict:
-        # Tune pickles its callbacks (the recorder holds the trackers); a copy tracks nothing
-        return {"copy": True}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-
     def epoch(self, row: dict[str, Any]) -> None: ...
 
     def end(self, row: dict[str, Any]) -> None: ...
@@ -123,8 +116,6 @@ class MlflowTracker(_Tracker):
         self.runs: dict[str, str] = {}  # trial id -> MLflow run id
 
     def _run(self, row: dict[str, Any]) -> str:
-        if "copy" in self.__dict__:
-            return ""
         trial_id = row["trial_id"]
         if trial_id not in self.runs:
             tags = {f"kdtune.{k}": str(row.get(k)) for k in TAGS} | {"kdtune.trial_id": trial_id}
@@ -136,8 +127,6 @@ class MlflowTracker(_Tracker):
         from mlflow.entities import Metric
 
         run_id = self._run(row)
-        if not run_id:
-            return
         stamp = int(1000 * (row.get("reported_at") or 0))
         self.client.log_batch(run_id, metrics=[Metric(k, v, stamp, int(row["epoch"]))
                                                for k, v in _epoch_metrics(row).items()])
@@ -146,8 +135,6 @@ class MlflowTracker(_Tracker):
         from mlflow.entities import Metric, Param, RunTag
 
         run_id = self._run(row)
-        if not run_id:
-            return
         final = {k: float(row[k]) for k in ("val_acc", "test_acc", "wall_s") if _finite(row.get(k))}
         self.client.log_batch(
             run_id, metrics=[Metric(f"final_{k}", v, 0, int(row.get("epochs_run") or 0))
@@ -161,8 +148,6 @@ class MlflowTracker(_Tracker):
     def summary(self, run_id: str, gains: list[dict[str, Any]], report: Path | None) -> None:
         from mlflow.entities import Metric, RunTag
 
-        if "copy" in self.__dict__:
-            return
         run = self.client.create_run(self.experiment_id, run_name=f"{run_id} summary",
                                      tags={"kdtune.kind": "summary", "kdtune.run_id": run_id})
         metrics, tags = [], []
@@ -181,7 +166,7 @@ class MlflowTracker(_Tracker):
         self.client.set_terminated(run.info.run_id, "FINISHED")
 
     def close(self) -> None:  # trials still open (an interrupted study)
-        for run_id in list(getattr(self, "runs", {}).values()):
+        for run_id in list(self.runs.values()):
             self.client.set_terminated(run_id, "KILLED")
         self.runs = {}
 
@@ -205,8 +190,6 @@ class WandbTracker(_Tracker):
                                    silent=True, console="off", x_disable_stats=True))
 
     def _run(self, row: dict[str, Any]) -> Any:
-        if "copy" in self.__dict__:
-            return None
         trial_id = row["trial_id"]
         if trial_id not in self.runs:
             tags = [str(row.get(k)) for k in ("study", "dataset", "method", "role")]
@@ -216,14 +199,10 @@ class WandbTracker(_Tracker):
         return self.runs[trial_id]
 
     def epoch(self, row: dict[str, Any]) -> None:
-        run = self._run(row)
-        if run is not None:
-            run.log(_epoch_metrics(row), step=int(row["epoch"]))
+        self._run(row).log(_epoch_metrics(row), step=int(row["epoch"]))
 
     def end(self, row: dict[str, Any]) -> None:
         run = self._run(row)
-        if run is None:
-            return
         run.config.update(_params(row), allow_val_change=True)
         run.summary.update({f"final_{k}": row[k] for k in ("val_acc", "test_acc", "wall_s")
                             if _finite(row.get(k))} | {"status": row["status"]})
@@ -231,8 +210,6 @@ class WandbTracker(_Tracker):
         self.runs.pop(row["trial_id"], None)
 
     def summary(self, run_id: str, gains: list[dict[str, Any]], report: Path | None) -> None:
-        if "copy" in self.__dict__:
-            return
         run = self._init(f"{run_id} summary", run_id, "summary", ["summary"], {"run_id": run_id})
         compared = [g for g in gains if g.get("baseline")]
         columns = ["dataset", "method", *GAIN_METRICS, "verdict"]
@@ -245,7 +222,7 @@ class WandbTracker(_Tracker):
         run.finish()
 
     def close(self) -> None:
-        for run in list(getattr(self, "runs", {}).values()):
+        for run in list(self.runs.values()):
             run.finish(exit_code=1)
         self.runs = {}
 
@@ -256,8 +233,6 @@ class TensorBoardTracker(_Tracker):
         self.writers: dict[str, Any] = {}
 
     def _writer(self, row: dict[str, Any]) -> Any:
-        if "copy" in self.__dict__:
-            return None
         trial_id = row["trial_id"]
         if trial_id not in self.writers:
             from tensorboardX import SummaryWriter
@@ -270,14 +245,11 @@ class TensorBoardTracker(_Tracker):
 
     def epoch(self, row: dict[str, Any]) -> None:
         writer = self._writer(row)
-        if writer is not None:
-            for k, v in _epoch_metrics(row).items():
-                writer.add_scalar(k, v, int(row["epoch"]))
+        for k, v in _epoch_metrics(row).items():
+            writer.add_scalar(k, v, int(row["epoch"]))
 
     def end(self, row: dict[str, Any]) -> None:
         writer = self._writer(row)
-        if writer is None:
-            return
         final = {f"final_{k}": float(row[k]) for k in ("val_acc", "test_acc")
                  if _finite(row.get(k))}
         params = {k: v if isinstance(v, (int, float, str)) else str(v)
@@ -288,7 +260,7 @@ class TensorBoardTracker(_Tracker):
         self.writers.pop(row["trial_id"], None)
 
     def close(self) -> None:
-        for writer in list(getattr(self, "writers", {}).values()):
+        for writer in list(self.writers.values()):
             writer.close()
         self.writers = {}
 
@@ -305,6 +277,11 @@ class Trackers:
             self.all.append(WandbTracker(spec, run_dir))
         if cfg.tensorboard:
             self.all.append(TensorBoardTracker(run_dir))
+
+    def __getstate__(self) -> dict:
+        # Tune pickles its callbacks (the recorder holds this) with the experiment state:
+        # open clients and writers do not travel, and a copy tracks nothing
+        return {"all": []}
 
     def epoch(self, row: dict[str, Any]) -> None:
         for tracker in self.all:
