@@ -1,11 +1,11 @@
-"""What early stopping costs: replay ASHA's rule on curves recorded with ASHA off.
+"""What early stopping costs: replay a stopping rule on curves recorded with it off.
 
 Distillation's advantage can appear late in training, so an early-stopping rule that judges a
 trial by its accuracy after a few epochs may stop the trial that would have won. Given every
-search trial's full per-epoch validation curve (a run with ``scheduler.asha: false``), this
-module replays Ray Tune's asynchronous successive halving (``ASHAScheduler``, one bracket, the
-same rung rule) in the order the results arrived, and measures how often it would have stopped
-a trial whose final accuracy ranked in the top quarter of its search.
+search trial's full per-epoch validation curve (a run with early stopping off), this module
+replays a rule of :mod:`kdtune.stopping` (Ray Tune's ASHA among them, with the same rung rule)
+in the order the results arrived, and measures the epochs it saves, whether the best trial
+survives, how many top-quarter trials it keeps, and the regret of the config it would select.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from kdtune.stopping import Asha, StoppingRule
+
 
 def asha_milestones(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
     """Rung milestones (epochs) of Ray's ASHA bracket 0, ascending."""
@@ -22,41 +24,29 @@ def asha_milestones(grace_period: int, reduction_factor: float, max_t: int) -> l
     return [grace_period * reduction_factor ** k for k in range(rungs)]
 
 
-def _percentile(values: list[float], q: float) -> float:
-    """numpy's default (linear) percentile, without numpy's NaN handling subtleties."""
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low, high = math.floor(position), math.ceil(position)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+def replay(rule: StoppingRule, events: Iterable[tuple[str, int, float]]) -> dict[str, int]:
+    """Epochs each trial would have run under ``rule``, given its results in arrival order.
 
-
-def replay_asha(events: Iterable[tuple[str, int, float]], grace_period: int,
-                reduction_factor: float, max_t: int) -> dict[str, int]:
-    """Epochs each trial would have run under ASHA, given its results in arrival order.
-
-    ``events`` are (trial, epoch, val_acc), ordered as the driver saw them. The rule is Ray's
-    ``_Bracket.on_result``: at the first result at or past a rung's milestone, a trial stops if
-    its metric is below the ``1 - 1/rf`` quantile of the values earlier trials recorded there.
+    ``events`` are (trial, epoch, val_acc), ordered as the driver saw them. A trial's last
+    event at the budget completes it (``rule.on_complete``).
     """
-    rungs = {m: {} for m in asha_milestones(grace_period, reduction_factor, max_t)}
     stopped: dict[str, int] = {}
     last: dict[str, int] = {}
     for trial, epoch, value in events:
         if trial in stopped:
             continue
         last[trial] = epoch
-        if epoch >= max_t:
-            continue
-        for milestone in sorted(rungs, reverse=True):
-            recorded = rungs[milestone]
-            if epoch < milestone or trial in recorded:
-                continue
-            if recorded and value < _percentile(list(recorded.values()),
-                                                (1 - 1 / reduction_factor) * 100):
-                stopped[trial] = epoch
-            recorded[trial] = value
-            break
+        if rule.on_result(trial, epoch, value):
+            stopped[trial] = epoch
+        elif epoch >= rule.max_t:
+            rule.on_complete(trial)
     return {trial: stopped.get(trial, epoch) for trial, epoch in last.items()}
+
+
+def replay_asha(events: Iterable[tuple[str, int, float]], grace_period: int,
+                reduction_factor: float, max_t: int) -> dict[str, int]:
+    """Epochs each trial would have run under Ray's ASHA (:class:`kdtune.stopping.Asha`)."""
+    return replay(Asha(max_t, grace_period, reduction_factor), events)
 
 
 def spearman(x: list[float], y: list[float]) -> float:
@@ -100,43 +90,112 @@ class SearchAgreement:
     epochs_asha: int
 
 
-def agreement(epochs: list[dict[str, Any]], trials: list[dict[str, Any]], grace_period: int,
-              reduction_factor: float, max_t: int) -> list[SearchAgreement]:
-    """Replay ASHA on each search stage of a run made with ASHA off.
+@dataclass
+class RecordedSearch:
+    """One search's full curves (trials that ran their whole budget) and their arrival order."""
 
-    ``epochs`` and ``trials`` are rows of ``epochs.parquet`` and ``trials.parquet``. Results are
-    ordered by when they happened: a trial's end (``finished_at``) less its time after each
-    epoch, ties broken by trial order.
+    search: str
+    curves: dict[str, dict[int, float]]  # trial -> epoch -> val_acc
+    events: list[tuple[str, int, float]]  # (trial, epoch, val_acc) as the driver saw them
+
+    @property
+    def final(self) -> dict[str, float]:
+        return {t: c[max(c)] for t, c in self.curves.items()}
+
+
+def recorded_searches(epochs: list[dict[str, Any]], trials: list[dict[str, Any]],
+                      max_t: int) -> list[RecordedSearch]:
+    """The search stages of a run made without early stopping, from the rows of
+    ``epochs.parquet`` and ``trials.parquet``. Results are ordered by when they happened: a
+    trial's end (``finished_at``) less its time after each epoch, ties broken by trial order.
     """
     import datetime as dt
 
     finished = {r["trial_id"]: r for r in trials if r["role"] == "search"
                 and r["status"] == "finished" and r["epochs_run"] == max_t}
+    rows: dict[str, list[dict[str, Any]]] = {t: [] for t in finished}
+    for e in epochs:
+        if e["trial_id"] in rows:
+            rows[e["trial_id"]].append(e)
     out = []
     for search in sorted({r["stage"] for r in finished.values()}):
         ids = [t for t, r in finished.items() if r["stage"] == search]
-        curves = {t: sorted((e for e in epochs if e["trial_id"] == t), key=lambda e: e["epoch"])
-                  for t in ids}
-        events = []
+        timeline = []
         for order, t in enumerate(ids):
+            curve = sorted(rows[t], key=lambda e: e["epoch"])
             end = dt.datetime.fromisoformat(finished[t]["finished_at"]).timestamp()
-            last_wall = curves[t][-1]["wall_s"] or 0.0
-            for e in curves[t]:
-                events.append((end - last_wall + (e["wall_s"] or 0.0), order, t, e["epoch"],
-                               e["val_acc"]))
-        events.sort()
-        ran = replay_asha([(t, ep, v) for _, _, t, ep, v in events], grace_period,
-                          reduction_factor, max_t)
-        final = {t: curves[t][-1]["val_acc"] for t in ids}
-        at_grace = {t: next(e["val_acc"] for e in curves[t] if e["epoch"] >= grace_period)
-                    for t in ids}
-        ranked = sorted(final.values(), reverse=True)
-        threshold = ranked[max(1, math.ceil(len(ranked) / 4)) - 1]
-        top = [t for t in ids if final[t] >= threshold]
+            last_wall = curve[-1]["wall_s"] or 0.0
+            timeline += [(end - last_wall + (e["wall_s"] or 0.0), order, t, e["epoch"],
+                          e["val_acc"]) for e in curve]
+        timeline.sort()
+        curves = {t: {e["epoch"]: e["val_acc"] for e in rows[t]} for t in ids}
+        out.append(RecordedSearch(search, curves, [(t, ep, v) for _, _, t, ep, v in timeline]))
+    return out
+
+
+def top_quarter(final: dict[str, float]) -> list[str]:
+    """Trials whose final value ranks in the top quarter of their search (ties included)."""
+    ranked = sorted(final.values(), reverse=True)
+    threshold = ranked[max(1, math.ceil(len(ranked) / 4)) - 1]
+    return [t for t, v in final.items() if v >= threshold]
+
+
+@dataclass
+class RuleOutcome:
+    """What one rule would have done to one recorded search."""
+
+    search: str
+    rule: str
+    trials: int
+    epochs_full: int
+    epochs_run: int
+    best_kept: bool  # a trial with the best final value runs to the end
+    top_quarter: int
+    top_quarter_kept: int
+    regret: float  # best final val_acc less that of the config the search would select
+
+    @property
+    def saved(self) -> float:
+        return 1 - self.epochs_run / self.epochs_full
+
+
+def rule_outcome(rule: StoppingRule, recorded: RecordedSearch) -> RuleOutcome:
+    """Replay ``rule`` on one search. The config it would select is the best final trial
+    among those it lets finish (stopped trials are no candidates, as in kdtune); where it
+    stops every trial, the one with the best value when stopped. Replaying assumes the sampler
+    would have proposed the same configs (it learns from final values only)."""
+    ran = replay(rule, recorded.events)
+    final = recorded.final
+    survivors = [t for t in final if ran[t] >= rule.max_t]
+    if survivors:
+        selected = max(survivors, key=lambda t: final[t])
+    else:
+        selected = max(final, key=lambda t: recorded.curves[t][ran[t]])
+    best = max(final.values())
+    top = top_quarter(final)
+    return RuleOutcome(
+        search=recorded.search, rule=rule.name, trials=len(final),
+        epochs_full=len(final) * rule.max_t, epochs_run=sum(ran.values()),
+        best_kept=any(final[t] == best for t in survivors), top_quarter=len(top),
+        top_quarter_kept=sum(1 for t in top if ran[t] >= rule.max_t),
+        regret=best - final[selected])
+
+
+def agreement(epochs: list[dict[str, Any]], trials: list[dict[str, Any]], grace_period: int,
+              reduction_factor: float, max_t: int) -> list[SearchAgreement]:
+    """Replay ASHA on each search stage of a run made with ASHA off (``epochs`` and
+    ``trials``: rows of ``epochs.parquet`` and ``trials.parquet``)."""
+    out = []
+    for recorded in recorded_searches(epochs, trials, max_t):
+        ran = replay_asha(recorded.events, grace_period, reduction_factor, max_t)
+        final, ids = recorded.final, list(recorded.curves)
+        at_grace = {t: next(v for e, v in sorted(recorded.curves[t].items())
+                            if e >= grace_period) for t in ids}
+        top = top_quarter(final)
         survivors = [t for t in ids if ran[t] >= max_t]
         best = max(final.values())
         out.append(SearchAgreement(
-            search=search, trials=len(ids), top_quarter=len(top),
+            search=recorded.search, trials=len(ids), top_quarter=len(top),
             top_quarter_stopped=sum(1 for t in top if ran[t] < max_t),
             spearman_at_grace=spearman([at_grace[t] for t in ids], [final[t] for t in ids]),
             best_kept=any(final[t] == best for t in survivors), best_final=best,

@@ -156,9 +156,33 @@ class SparingFIFO(FIFOScheduler):
         return super().choose_trial_to_run(tune_controller)
 
 
+class RuleScheduler(FIFOScheduler):
+    """A :mod:`kdtune.stopping` rule behind Tune's scheduler API, for one search: each result's
+    ``epoch`` and ``val_acc`` go to the rule, which answers STOP or CONTINUE; a trial that ends
+    after its whole budget completes in the rule."""
+
+    def __init__(self, rule: Any) -> None:
+        super().__init__()
+        self.rule = rule
+
+    def on_trial_result(self, tune_controller, trial, result) -> str:
+        if "epoch" not in result or "val_acc" not in result:
+            return TrialScheduler.CONTINUE
+        stop = self.rule.on_result(trial.trial_id, int(result["epoch"]),
+                                   float(result["val_acc"]))
+        return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
+
+    def on_trial_complete(self, tune_controller, trial, result) -> None:
+        if result and int(result.get("epoch", 0)) >= self.rule.max_t:
+            self.rule.on_complete(trial.trial_id)
+
+    def debug_string(self) -> str:
+        return f"{self.rule.name}: {len(self.rule.curves)} trials, {len(self.rule.finished)} done"
+
+
 class PerStageASHA(SparingFIFO):
-    """One ASHA scheduler per search stage (by the trial config's ``stage``); trials of other
-    stages (the final runs) are never stopped."""
+    """One early-stopping scheduler (ASHA, or a :class:`RuleScheduler`) per search stage (by
+    the trial config's ``stage``); trials of other stages (the final runs) are never stopped."""
 
     def __init__(self, make: Callable[[], TrialScheduler]) -> None:
         super().__init__()

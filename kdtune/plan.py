@@ -75,7 +75,7 @@ def validate(spec: str | Path | dict[str, Any] | StudySpec, compute: bool = True
               f"points (at most {most_seeds} seeds)" if final.target_halfwidth else "")
     lines.append(f"  plan: {n_teachers} teacher(s) (reused if already stored), {n_search} search "
                  f"trials, {n_final} final trainings (seeds {list(final.seeds)}){rounds}; at "
-                 f"most {epochs} training epochs; ASHA {'on' if spec.scheduler.asha else 'off'}")
+                 f"most {epochs} training epochs; early stopping {spec.scheduler.rule.replace('none', 'off')}")
     lines.append(f"  resources per trial: {requested(spec)}")
     if compute:
         from kdtune.estimate import estimate

@@ -78,7 +78,7 @@ from kdtune.storage import (
     staging_dir,
 )
 from kdtune.trainables import teacher_path
-from kdtune.tuner import asha, fit_stage, stage_name
+from kdtune.tuner import fit_stage, stage_name, stopping_scheduler
 
 if TYPE_CHECKING:
     from kdtune.multisearch import SearchPart
@@ -427,7 +427,8 @@ class Study:
         fit_stage(train, spec, self.tune_dir, "students", {}, bound, callback,
                   searcher=StudySearcher(parts, self._pending,
                                          lambda c: TrialJob.from_config(c).key()),
-                  scheduler=PerStageASHA(lambda: asha(spec)) if spec.scheduler.asha else None,
+                  scheduler=(PerStageASHA(lambda: stopping_scheduler(spec))
+                             if spec.scheduler.rule != "none" else None),
                   plan=self.plan, data=self._data_refs, teachers=self._teacher_refs,
                   pools=self._pool_refs)
 

@@ -1,5 +1,6 @@
 """One stage of a study as a ``tune.Tuner``: resources per trial, Optuna or a grid, the recorder
-callback, checkpoints and retries; and the per-search ASHA scheduler a spec may turn on."""
+callback, checkpoints and retries; and the per-search early-stopping scheduler a spec may
+turn on."""
 
 from __future__ import annotations
 
@@ -77,14 +78,19 @@ def stage_name(kind: str, label: str, method: str) -> str:
     return f"{kind}-{re.sub(r'[^A-Za-z0-9_.+-]+', '_', safe)}-{method}"
 
 
-def asha(spec: StudySpec) -> Any:
-    if not spec.scheduler.asha:
+def stopping_scheduler(spec: StudySpec) -> Any:
+    """A fresh early-stopping scheduler for one search (``scheduler.kind``), or None."""
+    kind, max_t = spec.scheduler.rule, spec.training.student_epochs
+    if kind == "none":
         return None
-    from ray.tune.schedulers import ASHAScheduler
+    if kind == "asha":
+        from ray.tune.schedulers import ASHAScheduler
 
-    # rungs count epochs, as the trial reports them, also after a restart from a checkpoint
-    return ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max",
-                         max_t=spec.training.student_epochs,
-                         grace_period=min(spec.scheduler.grace_period,
-                                          spec.training.student_epochs),
-                         reduction_factor=spec.scheduler.reduction_factor)
+        # rungs count epochs, as the trial reports them, also after a restart from a checkpoint
+        return ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max", max_t=max_t,
+                             grace_period=min(spec.scheduler.grace_period, max_t),
+                             reduction_factor=spec.scheduler.reduction_factor)
+    from kdtune.multisearch import RuleScheduler
+    from kdtune.stopping import make_rule
+
+    return RuleScheduler(make_rule(kind, max_t))
