@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from kdtune.data import load_splits
@@ -39,7 +40,10 @@ def test_each_method_learns_on_tiny_data():
                                     seed=0))
         assert [r.epoch for r in reports] == [1, 2, 3, 4]
         assert reports[-1].train_loss < reports[0].train_loss, method
-        assert all(0 <= r.val_acc <= 100 for r in reports)
+        # the reported accuracy is the trained student's, measured again here; above chance
+        assert reports[-1].val_acc == pytest.approx(
+            evaluate(student, splits.val_x, splits.val_y, splits)), method
+        assert reports[-1].val_acc > 10, method  # chance is 10%
 
 
 def test_resume_from_checkpoint_state_matches_uninterrupted_run():
