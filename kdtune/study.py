@@ -134,7 +134,7 @@ class Study:
         run_dir = staging_dir(remote) if remote else Path(location)
         if remote:  # leftovers of an earlier run of that name are not this run's files
             shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir.mkdir(parents=True)
+            run_dir.mkdir(parents=True)  # a local run directory: made by new_run_dir
         write_text_atomic(spec_text, run_dir / SPEC_FILE)
         write_table_atomic(dataset_rows, DATASET_SCHEMA, run_dir / DATASETS_FILE)
         study = cls(spec, run_dir, spec_text, log, remote=remote, progress=progress)
