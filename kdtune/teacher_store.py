@@ -57,12 +57,21 @@ HEARTBEAT_S = 10.0
 URI_SETTLE_S = 1.0
 
 
+# a study waiting for a teacher another study trains looks for it this often (at most a
+# quarter of the timeout)
+POLL_S = 5.0
+
+
 def claim_timeout() -> float:
     return float(os.environ.get("KDTUNE_CLAIM_TIMEOUT_S") or CLAIM_TIMEOUT_S)
 
 
 def heartbeat_every() -> float:
     return min(HEARTBEAT_S, claim_timeout() / 4)
+
+
+def poll_every() -> float:
+    return min(POLL_S, claim_timeout() / 4)
 
 
 # --- the recipe ---------------------------------------------------------------------------
@@ -113,16 +122,6 @@ def _folder(teacher: Location) -> Location:
     return str(teacher).rsplit("/", 1)[0] if is_uri(teacher) else Path(teacher).parent
 
 
-def file_digest(path: str | Path) -> tuple[int, str]:
-    """Size in bytes and sha256 of a local file, read in 8 MiB chunks."""
-    sha, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            sha.update(chunk)
-            size += len(chunk)
-    return size, sha.hexdigest()
-
-
 @contextlib.contextmanager
 def local_copy(location: Location) -> Iterator[Path]:
     """A local path holding the file at ``location``: itself, or a download of a URI."""
@@ -133,6 +132,22 @@ def local_copy(location: Location) -> Iterator[Path]:
         local = Path(folder) / name_of(location)
         download(location, local)
         yield local
+
+
+def teacher_id_of(teacher: Location) -> str:
+    """The id of the teacher stored at ``teacher`` (its folder's name)."""
+    return name_of(_folder(teacher))
+
+
+def identity(teacher: Location) -> tuple:
+    """What changes whenever the file at ``teacher`` does: a check of its content holds while
+    this stays the same (local: inode, size and mtime in ns; object storage: mtime and size)."""
+    if is_uri(teacher):
+        from kdtune.storage import version
+
+        return (str(teacher), version(teacher))
+    stat = Path(teacher).stat()
+    return (str(teacher), stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 def make_record(teacher_id: str, size: int, sha256: str, key: dict[str, Any] | None,
@@ -253,17 +268,19 @@ def acquire(teacher: Location, teacher_id: str, run_id: str
             ) -> tuple[Claim | None, dict[str, Any] | None]:
     """Claim ``teacher`` for the study ``run_id``: ``(claim, None)`` where this study now holds
     it, ``(None, holder)`` where another study's live claim holds it. A stale claim, or one of
-    this same run (a killed earlier process of it), is taken over."""
-    claim = Claim(teacher, teacher_id, run_id)
+    this same run (left by a killed earlier process of it), is taken over: ``(claim, the
+    claim taken over)``."""
+    claim, taken = Claim(teacher, teacher_id, run_id), None
     for _ in range(3):  # create; on conflict, take over a stale claim and create again
         if _create(claim):
-            return claim, None
+            return claim, taken
         holder = read_claim(teacher)
         if holder is None:
             continue  # released in between
         if not (is_stale(holder) or holder.get("run_id") == run_id):
             return None, holder
         _remove_stale(teacher, holder)
+        taken = holder
     holder = read_claim(teacher)
     return None, holder or {"run_id": "?", "heartbeat": time.time()}
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from kdtune import methods
+from kdtune import methods, teacher_store
 from kdtune.data import Splits, omit_class
 from kdtune.devices import device_name, pick_device
 from kdtune.distill import Distiller
@@ -106,8 +106,14 @@ def load_teacher(spec: StudySpec, path: Location, splits: Splits, device: torch.
             import ray
 
             state = ray.get(ref)
-        else:
-            state = load_torch(path, map_location=device)  # outside Ray, or no ref given
+        else:  # outside Ray, or no ref given: checked by the driver when the study planned
+            try:
+                state = load_torch(path, map_location=device)
+            except Exception as error:  # noqa: BLE001 - torch raises many kinds for a bad file
+                # one line, and never torch's advice to load with weights_only=False
+                raise RuntimeError(f"{path}: the stored teacher cannot be read "
+                                   f"({type(error).__name__}); kdtune resume checks it again "
+                                   "and trains it anew if it is damaged") from None
         teacher.load_state_dict(state["model"])
         return teacher.to(device).eval()
 
@@ -340,11 +346,23 @@ def _final_metrics(spec: StudySpec, trial: Trial, splits: Splits,
     out: dict[str, Any] = {"test_acc": evaluate(d.predictor, splits.test_x, splits.test_y,
                                                 splits, amp=budget.amp)}
     if trial.job.role == "teacher":
-        save_torch({"model": trial.model.state_dict(), "val_acc": val_acc,
-                    "test_acc": out["test_acc"]}, as_location(trial.job.teacher_path))
+        save_teacher(spec, trial.job, {"model": trial.model.state_dict(), "val_acc": val_acc,
+                                       "test_acc": out["test_acc"]})
     else:
         out |= _class_and_exit_metrics(spec, d, splits, budget)
     return out
+
+
+def save_teacher(spec: StudySpec, job: TrialJob, state: dict[str, Any]) -> None:
+    """A trained pretrained model into the teacher store: ``teacher.pt`` (whole, or not at all),
+    then its record ``teacher.json`` (size, sha256, recipe), which marks it complete."""
+    path = as_location(job.teacher_path)
+    size, sha256 = save_torch(state, path)
+    dataset = trial_dataset(spec, job)
+    model = teacher_store.model_of(job.method)
+    teacher_store.write_record(path, teacher_store.make_record(
+        job.teacher_id, size, sha256, teacher_store.recipe(spec, dataset, model), dataset.label,
+        model=model, val_acc=state.get("val_acc"), test_acc=state.get("test_acc")))
 
 
 def drop_previous(previous: Any, latest: Any) -> Any:

@@ -7,6 +7,7 @@ refused command writes nothing."""
 from __future__ import annotations
 
 import copy
+import json
 import random
 import shutil
 from pathlib import Path
@@ -121,6 +122,70 @@ def test_a_damaged_stored_teacher_is_kept_aside_and_trained_again(finished, how,
     roles = [r["status"] for r in pq.read_table(run_dir / "trials.parquet").to_pylist()
              if r["role"] == "teacher"]
     assert roles == ["finished"]  # trained again, not reused
+
+
+# --- the stored teacher's record (teacher.json), and a teacher that is not what was stored ---
+def _run_on_copied_teachers(finished, tmp_path, write_spec, capsys, damage) -> tuple[str, Path]:
+    """``kdtune run`` on a storage holding a copy of the finished run's teachers, one of them
+    damaged by ``damage(teacher_pt)``; returns the output and the teacher.pt path."""
+    spec, original = finished
+    storage = tmp_path / "runs"
+    shutil.copytree(original.parent / "teachers", storage / "teachers")
+    (teacher,) = (storage / "teachers").glob("*/teacher.pt")
+    damage(teacher)
+    capsys.readouterr()
+    assert main(["run", str(write_spec(spec)), "--storage", str(storage)]) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err and "weights_only" not in out + err
+    return out, teacher
+
+
+def _teacher_statuses(storage: Path) -> list[str]:
+    (run_dir,) = [p for p in storage.iterdir() if p.name.startswith("tiny-")]
+    return [r["status"] for r in pq.read_table(run_dir / "trials.parquet").to_pylist()
+            if r["role"] == "teacher"]
+
+
+@pytest.mark.parametrize("how", (*DAMAGES, "missing"))
+def test_a_damaged_or_missing_teacher_record_is_written_anew(finished, how, tmp_path,
+                                                             write_spec, capsys):
+    """teacher.json damaged, or absent (a teacher stored before records): teacher.pt still
+    loads, so it is reused, and its record is written again from it."""
+    def damage(teacher: Path) -> None:
+        record = teacher.with_name("teacher.json")
+        if how == "missing":
+            record.unlink()
+        else:
+            _damage(record, how)
+
+    out, teacher = _run_on_copied_teachers(finished, tmp_path, write_spec, capsys, damage)
+    record = teacher.with_name("teacher.json")
+    said = f"{record}: damaged (" if how != "missing" else f"{teacher}: stored without a " \
+                                                          "teacher.json"
+    assert said in out and "accepted, and its size and sha256 recorded" in out
+    written = json.loads(record.read_text())
+    assert written["size"] == teacher.stat().st_size and written["recorded_from"]
+    assert _teacher_statuses(tmp_path / "runs") == ["reused"]
+
+
+def test_a_teacher_that_differs_from_its_record_is_kept_aside_and_trained_again(
+        finished, tmp_path, write_spec, capsys):
+    """A teacher.pt that torch reads fine but is not the file that was stored (other weights,
+    the same keys and shapes): only its sha256 tells."""
+    def damage(teacher: Path) -> None:
+        state = torch.load(teacher, weights_only=True)
+        state["model"] = {k: v + 1 if v.is_floating_point() else v
+                          for k, v in state["model"].items()}
+        torch.save(state, teacher)
+
+    out, teacher = _run_on_copied_teachers(finished, tmp_path, write_spec, capsys, damage)
+    assert f"{teacher}: damaged (its size or sha256 does not match teacher.json" in out
+    assert "training that teacher again" in out
+    assert len(list(teacher.parent.glob("teacher.pt.damaged-*"))) == 1
+    assert len(list(teacher.parent.glob("teacher.json.damaged-*"))) == 1
+    assert _teacher_statuses(tmp_path / "runs") == ["finished"]  # trained again, not reused
+    record = json.loads(teacher.with_name("teacher.json").read_text())
+    assert record["size"] == teacher.stat().st_size  # the new teacher's record
 
 
 # --- trial checkpoints (Tune restores a retried trial from its last one) --------------------
