@@ -597,13 +597,13 @@ class StudySpec(_Strict):
     def teacher_id(self, dataset: DatasetSpec, model: Literal["teacher", "student"] = "teacher"
                    ) -> str:
         """Identity of a pretrained model: everything that changes its weights, hashed (the
-        recipe of :func:`kdtune.teacher_store.recipe`, which ``teacher.json`` records in plain
+        recipe of :func:`kdtune.teacher_recipe.recipe`, which ``teacher.json`` records in plain
         form).
 
         ``model='student'`` is the pretrained student-architecture model that teaches ``self``
         and ``reversed``: the same training recipe with the student's architecture.
         """
-        from kdtune.teacher_store import recipe, recipe_digest
+        from kdtune.teacher_recipe import recipe, recipe_digest
 
         # training.amp stays out of the id (decided 2026-12, issue 18): bf16 autocast changes
         # a teacher's weights only at rounding level, as a different GPU or cuDNN version

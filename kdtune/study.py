@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from kdtune import console, methods, teacher_store, tracking
+from kdtune import console, methods, teacher_recipe, teacher_store, tracking
 from kdtune.cluster import check_shared_storage
 from kdtune.data import Splits
 from kdtune.finals import done_seeds, required_seeds
@@ -272,7 +272,7 @@ class Study:
     def _stored(self, index: int, model: str, path: Location) -> bool:
         """A stored teacher is there and is what was stored (hashed once per study)."""
         ds = self.spec.datasets[index]
-        return checked_teacher(path, self.log, teacher_store.recipe(self.spec, ds, model),
+        return checked_teacher(path, self.log, teacher_recipe.recipe(self.spec, ds, model),
                                ds.label) is not None
 
     def _train_teachers(self, model: str, todo: dict[str, int],
@@ -368,7 +368,7 @@ class Study:
             return  # this run trained it (and was resumed), or already recorded its reuse
         ds = self.spec.datasets[index]
         state = checked_teacher(path, self.log,
-                                teacher_store.recipe(self.spec, ds, teacher_store.model_of(
+                                teacher_recipe.recipe(self.spec, ds, teacher_store.model_of(
                                     method)), ds.label) or {}
         arch, _ = methods.trial_models(self.spec, method)
         self.store.finish_trial({
@@ -580,14 +580,14 @@ def plan_resources(spec: StudySpec, splits: list[Splits],
     # resources; under resplit, each final seed's split has a teacher of its own
     variants = [(ds, model) for ds in spec.datasets for model in sources]
     stored = [checked_teacher(teacher_path(spec.storage, spec.teacher_id(ds, model)), log,
-                              teacher_store.recipe(spec, ds, model), ds.label) is not None
+                              teacher_recipe.recipe(spec, ds, model), ds.label) is not None
               for ds, model in variants]
     if spec.final.resplit:
         for ds, model in variants:
             for seed in spec.final.all_seeds():
                 split = ds.resplit(seed)
                 checked_teacher(teacher_path(spec.storage, spec.teacher_id(split, model)), log,
-                                teacher_store.recipe(spec, split, model), split.label)
+                                teacher_recipe.recipe(spec, split, model), split.label)
     train_teacher = not all(stored)
     # under resplit, each final seed's split has a teacher of its own, trained as needed
     train_teacher = train_teacher or bool(spec.final.resplit and sources)

@@ -11,14 +11,13 @@ A teacher whose size or sha256 does not match its record is treated as missing (
 :func:`kdtune.preflight.stored_teacher`). A claim makes one study train a teacher that several
 studies started together need (:func:`acquire`, :class:`Heartbeat`): the others wait for it and
 reuse it; a claim whose heartbeat is older than :func:`claim_timeout` (its study was killed) is
-taken over.
+taken over. The recipe itself (what a teacher id hashes) is :mod:`kdtune.teacher_recipe`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import os
 import socket
@@ -28,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kdtune.storage import (
     Location,
@@ -42,9 +41,6 @@ from kdtune.storage import (
     upload,
     write_atomic,
 )
-
-if TYPE_CHECKING:
-    from kdtune.spec import DatasetSpec, StudySpec
 
 RECORD_FILE = "teacher.json"
 CLAIM_FILE = "claim.json"
@@ -72,33 +68,6 @@ def heartbeat_every() -> float:
 
 def poll_every() -> float:
     return min(POLL_S, claim_timeout() / 4)
-
-
-# --- the recipe ---------------------------------------------------------------------------
-def recipe(spec: StudySpec, dataset: DatasetSpec, model: str = "teacher") -> dict[str, Any]:
-    """Everything that changes a pretrained model's weights, in plain form: what
-    :meth:`kdtune.spec.StudySpec.teacher_id` hashes, and what ``teacher.json`` records.
-
-    ``model='student'`` is the pretrained student-architecture model that teaches ``self`` and
-    ``reversed``: the same training recipe with the student's architecture.
-    """
-    from kdtune.spec import _LATER_FIELDS
-
-    spec_model = spec.teacher if model == "teacher" else spec.student
-    data = dataset.model_dump(exclude={"data_dir", "download"})
-    # fields added after the first release hash only when set, so stored teachers keep their
-    # ids; every knob that is set changes the data, hence the teacher
-    data = {k: v for k, v in data.items() if v is not None or k not in _LATER_FIELDS}
-    # training.amp is left out on purpose: see StudySpec.teacher_id
-    return {"dataset": data, "model": spec_model.model_dump(), "seed": spec.teacher_seed,
-            "epochs": spec.training.teacher_epochs,
-            "training": spec.training.model_dump(
-                exclude={"student_epochs", "amp"}
-                | ({"aug_share"} if spec.training.aug_share == 1.0 else set()))}
-
-
-def recipe_digest(key: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def model_of(method: str) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from kdtune import methods, teacher_store
+from kdtune import methods, teacher_recipe, teacher_store
 from kdtune.data import Splits, omit_class
 from kdtune.devices import device_name, pick_device
 from kdtune.distill import Distiller
@@ -361,7 +361,7 @@ def save_teacher(spec: StudySpec, job: TrialJob, state: dict[str, Any]) -> None:
     dataset = trial_dataset(spec, job)
     model = teacher_store.model_of(job.method)
     teacher_store.write_record(path, teacher_store.make_record(
-        job.teacher_id, size, sha256, teacher_store.recipe(spec, dataset, model), dataset.label,
+        job.teacher_id, size, sha256, teacher_recipe.recipe(spec, dataset, model), dataset.label,
         model=model, val_acc=state.get("val_acc"), test_acc=state.get("test_acc")))
 
 

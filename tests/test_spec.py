@@ -112,7 +112,7 @@ def test_teacher_ids_are_pinned_literally(tiny_spec_dict):
     literal ids of 2026-12-02 (the tiny spec's teacher and pretrained student, the quickstart's
     three datasets, the paper study's ResNets, a resplit seed, a partly augmented batch, Adam
     with another teacher seed), computed by the code before the recipe moved to
-    :func:`kdtune.teacher_store.recipe`, not recomputed from it. ``training.amp`` stays out of
+    :func:`kdtune.teacher_recipe.recipe`, not recomputed from it. ``training.amp`` stays out of
     the id (the reason: a comment in ``StudySpec.teacher_id``)."""
     tiny = parse_spec(tiny_spec_dict)
     assert tiny.teacher_id(tiny.datasets[0]) == "digits-small_cnn-s0-9c98e5c5be40"

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from kdtune import preflight, storage
+from kdtune import preflight, storage, teacher_recipe
 from kdtune import teacher_store as ts
 from kdtune.job import TrialJob
 from kdtune.rundir import RunFileError
@@ -181,6 +181,16 @@ def test_of_two_studies_taking_over_one_stale_claim_one_wins(tmp_path, monkeypat
 
 
 # --- records --------------------------------------------------------------------------------
+def test_a_teacher_id_needs_neither_torch_nor_pyarrow():
+    """The spec (and ``kdtune validate``) stays light: the recipe lives apart from the store."""
+    code = ("import sys; from kdtune.spec import load_spec; "
+            "s = load_spec('studies/quickstart.yaml'); print(s.teacher_id(s.datasets[0])); "
+            "print(sorted(m for m in ('torch', 'ray', 'pyarrow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    assert out == ["digits-small_cnn-s0-7a6e66bd0ac2", "[]"]
+
+
 @pytest.fixture
 def spec(tiny_spec_dict):
     return parse_spec(tiny_spec_dict)
@@ -208,7 +218,7 @@ def test_a_stored_teacher_carries_its_size_hash_and_recipe(spec, store):
     assert record["seed"] == 0 and record["lr"] == 0.1 and record["model"] == "teacher"
     assert record["kdtune_version"] and record["recorded_at"]
     # the plain recipe is what the id hashes
-    assert ts.recipe_digest(record["recipe"]) == record["id"].rsplit("-", 1)[1]
+    assert teacher_recipe.recipe_digest(record["recipe"]) == record["id"].rsplit("-", 1)[1]
     lines: list[str] = []
     assert preflight.stored_teacher(path, lines.append)["val_acc"] == 90.0 and not lines
 
@@ -252,14 +262,14 @@ def test_a_teacher_without_a_readable_record_is_accepted_and_recorded(spec, stor
     else:
         ts._write_text(ts.record_path(path), "{not json")
     lines: list[str] = []
-    state = preflight.stored_teacher(path, lines.append, ts.recipe(spec, spec.datasets[0]),
+    state = preflight.stored_teacher(path, lines.append, teacher_recipe.recipe(spec, spec.datasets[0]),
                                      spec.datasets[0].label)
     assert state["val_acc"] == 90.0
     (line,) = lines
     assert "accepted, and its size and sha256 recorded" in line
     assert ("stored without a teacher.json" if record == "missing" else "damaged") in line
     written, damage = ts.read_record(path)
-    assert damage is None and written["recipe"] == ts.recipe(spec, spec.datasets[0])
+    assert damage is None and written["recipe"] == teacher_recipe.recipe(spec, spec.datasets[0])
     with ts.local_copy(path) as local:
         assert (written["size"], written["sha256"]) == storage.file_digest(local)
 
