@@ -121,15 +121,19 @@ def identity(teacher: Location) -> tuple:
 
 def make_record(teacher_id: str, size: int, sha256: str, key: dict[str, Any] | None,
                 dataset_label: str | None = None, **extra: Any) -> dict[str, Any]:
-    from kdtune import __version__
+    try:  # the installed distribution's (kdtune.__version__ is the same number)
+        from importlib.metadata import PackageNotFoundError, version
 
+        kdtune_version = version("kdtune")
+    except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+        kdtune_version = "unknown"
     out: dict[str, Any] = {"id": teacher_id, "size": size, "sha256": sha256}
     if key is not None:
         model = key["model"]
         out |= {"arch": model["arch"], "options": model.get("options", {}),
                 "dataset": dataset_label, "teacher_epochs": key["epochs"], "seed": key["seed"],
                 "lr": key["training"].get("lr"), "recipe": key}
-    return out | extra | {"kdtune_version": __version__,
+    return out | extra | {"kdtune_version": kdtune_version,
                           "recorded_at": dt.datetime.now().isoformat(timespec="seconds")}
 
 
