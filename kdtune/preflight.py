@@ -15,7 +15,15 @@ from typing import Any
 from kdtune.data import Splits
 from kdtune.rundir import RunFileError
 from kdtune.spec import SpecError, StudySpec
-from kdtune.storage import Location, StorageError, check_writable, is_uri, load_torch, write_atomic
+from kdtune.storage import (
+    Location,
+    StorageError,
+    check_writable,
+    exists,
+    file_digest,
+    is_uri,
+    write_atomic,
+)
 
 # a run directory of the quickstart is ~5 MB; refuse storage that cannot hold a few of them
 MIN_FREE_BYTES = 200 * 1024 * 1024
@@ -122,28 +130,93 @@ def check_storage(storage: str | Path, min_free: int = MIN_FREE_BYTES) -> None:
                            f"{min_free // 2**20} MiB")
 
 
-def stored_teacher(path: Location, log: Callable[[str], None]) -> dict[str, Any] | None:
+class _Refused(Exception):
+    """A stored teacher that loads but is not what was stored (kdtune's own reason)."""
+
+
+# the stored teachers this process checked, by file identity (teacher_store.identity): their
+# accuracies; a teacher is hashed once per study (at plan time, or when it appears while a
+# study waits for it), never per trial
+_CHECKED: dict[tuple, dict[str, Any]] = {}
+
+
+def stored_teacher(path: Location, log: Callable[[str], None],
+                   recipe: dict[str, Any] | None = None,
+                   dataset_label: str | None = None) -> dict[str, Any] | None:
     """A stored teacher's checkpoint, or None where it is unreadable (truncated, empty, not a
-    checkpoint): a local one is kept aside (``teacher.pt.damaged-TIME``), so the study trains
-    that teacher again; one at a URI is refused (one line: delete it)."""
+    checkpoint) or is not what was stored (its size or sha256 differs from ``teacher.json``): a
+    local one is kept aside (``teacher.pt.damaged-TIME``, and its record beside it), so the
+    study trains that teacher again; one at a URI is refused (one line: delete it).
+
+    A teacher stored without a record (before records, or its record damaged) is accepted
+    where it loads, and its record is written (``recipe``, ``dataset_label``: what it holds
+    beside the size and hash); a log line says so."""
+    import torch
+
+    from kdtune import teacher_store as ts
+
+    record, record_damage = ts.read_record(path)
     try:
-        state = load_torch(path)
+        with ts.local_copy(path) as local:  # a URI is downloaded once, for hash and load
+            size, sha256 = file_digest(local)
+            if record is not None and (size, sha256) != (record["size"], record["sha256"]):
+                raise _Refused(f"its size or sha256 does not match {ts.RECORD_FILE}: "
+                               f"{size} bytes, sha256 {sha256[:12]}..., recorded "
+                               f"{record['size']} bytes, {record['sha256'][:12]}...")
+            state = torch.load(local, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or "model" not in state:
-            raise ValueError("no model state in it")
-        return state
+            raise _Refused("no model state in it")
     except Exception as error:  # noqa: BLE001 - torch raises many kinds for a bad file
         # torch's own message suggests loading with weights_only=False: never repeated
-        reason = str(error) if isinstance(error, ValueError) \
+        reason = str(error) if isinstance(error, _Refused) \
             else "not a readable PyTorch checkpoint"
         if is_uri(path):
-            raise RunFileError(f"{path}: damaged ({reason}); delete it to train that teacher "
-                               "again") from None
-        aside = Path(path).with_name(f"{Path(path).name}.damaged-"
-                                     f"{dt.datetime.now():%Y%m%d-%H%M%S}")
+            raise RunFileError(f"{path}: damaged ({reason}); delete it (and its "
+                               f"{ts.RECORD_FILE}) to train that teacher again") from None
+        stamp = f"damaged-{dt.datetime.now():%Y%m%d-%H%M%S}"
+        aside = Path(path).with_name(f"{Path(path).name}.{stamp}")
         os.replace(path, aside)
+        record_file = Path(ts.record_path(path))
+        if record_file.exists():  # a new teacher.pt gets a new record; this one goes with it
+            os.replace(record_file, record_file.with_name(f"{record_file.name}.{stamp}"))
         log(f"{path}: damaged ({reason}); kept aside as {aside.name}, training that teacher "
             "again")
         return None
+    if record is None:
+        if record_damage:
+            what = f"{ts.record_path(path)}: damaged ({record_damage}); {path} loads"
+        else:
+            what = f"{path}: stored without a {ts.RECORD_FILE} (before kdtune recorded teachers)"
+        try:
+            ts.write_record(path, ts.make_record(ts.teacher_id_of(path), size, sha256, recipe,
+                                                 dataset_label, recorded_from="existing file"))
+            log(f"{what}; accepted, and its size and sha256 recorded ({size} bytes)")
+        except OSError as error:  # read-only storage: the teacher is still used
+            log(f"{what}; accepted, but {ts.RECORD_FILE} cannot be written "
+                f"({error.strerror or error})")
+    return state
+
+
+def checked_teacher(path: Location, log: Callable[[str], None],
+                    recipe: dict[str, Any] | None = None,
+                    dataset_label: str | None = None) -> dict[str, Any] | None:
+    """A stored teacher's accuracies (``val_acc``, ``test_acc``) where it is there and passes
+    :func:`stored_teacher`, else None (absent, or set aside). Checked once per file: an
+    unchanged file is not read again."""
+    from kdtune import teacher_store as ts
+
+    if not exists(path):
+        return None
+    try:
+        key = ts.identity(path)
+    except FileNotFoundError:
+        return None
+    if key not in _CHECKED:
+        state = stored_teacher(path, log, recipe, dataset_label)
+        if state is None:
+            return None
+        _CHECKED[key] = {"val_acc": state.get("val_acc"), "test_acc": state.get("test_acc")}
+    return _CHECKED[key]
 
 
 def repair_journal(journal: Path, log: Callable[[str], None]) -> None:

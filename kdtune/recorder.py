@@ -67,6 +67,9 @@ class Recorder(Callback):
             return
         job = self._job(trial)
         row = self._base(trial, job) | {k: result.get(k) for k in self.epoch_columns}
+        if result.get("checkpoint_damaged"):  # kdtune.trainables._restore could not use it
+            self.log(f"{row['trial_id']}: its checkpoint was damaged "
+                     f"({result['checkpoint_damaged']}); restarted from epoch 0")
         self.store.add_epoch(row)
         if self.trackers is not None:
             self.trackers.epoch(row)

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from kdtune import methods
 from kdtune.hparams import HYPERPARAMS
-from kdtune.storage import Location, StorageError, exists, join, write_atomic
+from kdtune.storage import Location, StorageError, exists, is_uri, join, write_atomic
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
@@ -405,11 +405,21 @@ def compact_run(run_dir: Path) -> None:
 
 
 def new_run_dir(storage: str, study: str) -> Location:
-    """A new run directory under the storage: a path, or a URI (its files are staged locally)."""
+    """A new run directory under the storage: a path, made here (one ``mkdir`` that fails if
+    the folder exists, so two studies started in the same second get two folders), or a URI
+    (its files are staged locally)."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = f"{study}-{stamp}"
     run_dir, n = join(storage, base), 1
-    while exists(run_dir):
+    while True:
+        if is_uri(run_dir):
+            if not exists(run_dir):
+                return run_dir
+        else:
+            try:
+                Path(run_dir).mkdir(parents=True)
+                return run_dir
+            except FileExistsError:
+                pass
         n += 1
         run_dir = join(storage, f"{base}-{n}")
-    return run_dir

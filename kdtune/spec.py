@@ -624,23 +624,22 @@ class StudySpec(_Strict):
 
     def teacher_id(self, dataset: DatasetSpec, model: Literal["teacher", "student"] = "teacher"
                    ) -> str:
-        """Identity of a pretrained model: everything that changes its weights, hashed.
+        """Identity of a pretrained model: everything that changes its weights, hashed (the
+        recipe of :func:`kdtune.teacher_recipe.recipe`, which ``teacher.json`` records in plain
+        form).
 
         ``model='student'`` is the pretrained student-architecture model that teaches ``self``
         and ``reversed``: the same training recipe with the student's architecture.
         """
+        from kdtune.teacher_recipe import recipe, recipe_digest
+
+        # training.amp stays out of the id (decided 2026-12, issue 18): bf16 autocast changes
+        # a teacher's weights only at rounding level, as a different GPU or cuDNN version
+        # does, not its recipe; it is ignored on CPU; and adding it now would orphan every
+        # teacher users have stored (tests/test_spec.py pins the ids). A teacher trained under
+        # autocast is reused by an fp32 study of the same recipe, and the other way round.
         spec_model = self.teacher if model == "teacher" else self.student
-        data = dataset.model_dump(exclude={"data_dir", "download"})
-        # fields added after the first release hash only when set, so stored teachers keep
-        # their ids; every knob that is set changes the data, hence the teacher
-        data = {k: v for k, v in data.items() if v is not None or k not in _LATER_FIELDS}
-        key = {"dataset": data,
-               "model": spec_model.model_dump(), "seed": self.teacher_seed,
-               "epochs": self.training.teacher_epochs,
-               "training": self.training.model_dump(
-                   exclude={"student_epochs", "amp"} | ({"aug_share"} if self.training.aug_share
-                                                        == 1.0 else set()))}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+        digest = recipe_digest(recipe(self, dataset, model))
         return f"{dataset.name}-{spec_model.arch}-s{self.teacher_seed}-{digest}"
 
 

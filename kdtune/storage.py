@@ -10,6 +10,7 @@ written: Optuna's journal needs a local file lock, and Parquet is rewritten whol
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -162,17 +163,37 @@ def write_atomic(path: str | Path, write: Callable[[str], None]) -> None:
         raise
 
 
-def save_torch(obj: Any, location: str | Path) -> None:
+def file_digest(path: str | Path) -> tuple[int, str]:
+    """Size in bytes and sha256 of a local file, read in 8 MiB chunks."""
+    sha, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            sha.update(chunk)
+            size += len(chunk)
+    return size, sha.hexdigest()
+
+
+def save_torch(obj: Any, location: str | Path) -> tuple[int, str]:
     """``torch.save`` to a local path or a URI, through a temporary file: never a truncated
-    file (a crashed trial leaves the old teacher or none)."""
+    file (a crashed trial leaves the old teacher or none). Returns the file's size in bytes
+    and its sha256, read from the temporary file before it takes its name."""
     import torch
 
     if is_uri(location):
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(obj, Path(folder) / name_of(location))
-            upload(Path(folder) / name_of(location), str(location))
-        return
-    write_atomic(location, lambda tmp: torch.save(obj, tmp))
+            local = Path(folder) / name_of(location)
+            torch.save(obj, local)
+            digest = file_digest(local)
+            upload(local, str(location))
+        return digest
+    digests: list[tuple[int, str]] = []
+
+    def write(tmp: str) -> None:
+        torch.save(obj, tmp)
+        digests.append(file_digest(tmp))
+
+    write_atomic(location, write)
+    return digests[0]
 
 
 def load_torch(location: str | Path, map_location: Any = "cpu") -> Any:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from kdtune import console, methods, tracking
+from kdtune import console, methods, teacher_recipe, teacher_store, tracking
 from kdtune.cluster import check_shared_storage
 from kdtune.data import Splits
 from kdtune.finals import done_seeds, required_seeds
@@ -34,8 +34,8 @@ from kdtune.preflight import (
     check_datasets,
     check_search_storage,
     check_storage,
+    checked_teacher,
     repair_journal,
-    stored_teacher,
 )
 from kdtune.progress import Progress, plan_from_spec
 from kdtune.recorder import Recorder
@@ -64,7 +64,7 @@ from kdtune.rundir import (
     write_text_atomic,
 )
 from kdtune.search import copy_searches_to_journal
-from kdtune.session import init_ray
+from kdtune.session import check_stop, init_ray
 from kdtune.spec import DatasetSpec, SpecError, StudySpec, parse_spec
 from kdtune.storage import (
     Location,
@@ -134,7 +134,7 @@ class Study:
         run_dir = staging_dir(remote) if remote else Path(location)
         if remote:  # leftovers of an earlier run of that name are not this run's files
             shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir.mkdir(parents=True)
+            run_dir.mkdir(parents=True)  # a local run directory: made by new_run_dir
         write_text_atomic(spec_text, run_dir / SPEC_FILE)
         write_table_atomic(dataset_rows, DATASET_SCHEMA, run_dir / DATASETS_FILE)
         study = cls(spec, run_dir, spec_text, log, remote=remote, progress=progress)
@@ -229,40 +229,121 @@ class Study:
     # --- stages -------------------------------------------------------------------------
     def _teachers(self, model: str = "teacher") -> dict[int, tuple[str, Location]]:
         """Train (or reuse) the pretrained models of one spec architecture: ``teacher``, or
-        ``student`` for the pretrained copy of the student that teaches self/reversed."""
+        ``student`` for the pretrained copy of the student that teaches self/reversed.
+
+        One teacher, one training, across studies: before training a teacher, the study
+        claims it in the teacher store (:mod:`kdtune.teacher_store`). It trains, in one Tune
+        stage, those it could claim; then waits for those another study is training and
+        reuses them; one whose claim goes stale (that study was killed) or is dropped without
+        a teacher (its training failed) is claimed and trained in another pass."""
+        spec = self.spec
+        method = methods.PRETRAINED[model]
+        stage = "teachers" if model == "teacher" else "teachers-student"
+        out: dict[int, tuple[str, Location]] = {}
+        needed: dict[str, int] = {}  # teacher id -> the first dataset index it is for
+        for index, ds in enumerate(spec.datasets):
+            tid = spec.teacher_id(ds, model)
+            path = teacher_path(spec.storage, tid)
+            out[index] = (tid, path)
+            if self._stored(index, model, path):  # checked once (plan_resources)
+                self.log(f"{method} {tid}: reusing {path}")
+                self._record_reused_teacher(index, tid, path, method, stage)
+            elif tid not in needed:
+                needed[tid] = index
+        while needed:
+            claims, held = {}, {}
+            for tid, index in needed.items():
+                claim, holder = teacher_store.acquire(out[index][1], tid, self.run_dir.name)
+                if claim is None:
+                    held[tid] = holder
+                    continue
+                claims[tid] = claim
+                if holder is not None:  # a stale claim, or this run's own from a killed process
+                    self.log(f"{method} {tid}: took over the claim of run "
+                             f"{_holder(holder)}, whose heartbeat stopped "
+                             f"{time.time() - float(holder.get('heartbeat', 0)):.0f} s ago")
+            if claims:
+                self._train_teachers(model, {tid: needed[tid] for tid in claims}, out,
+                                     list(claims.values()))
+            needed = self._wait_for_teachers(model, {tid: needed[tid] for tid in held}, held,
+                                             out)
+        return out
+
+    def _stored(self, index: int, model: str, path: Location) -> bool:
+        """A stored teacher is there and is what was stored (hashed once per study)."""
+        ds = self.spec.datasets[index]
+        return checked_teacher(path, self.log, teacher_recipe.recipe(self.spec, ds, model),
+                               ds.label) is not None
+
+    def _train_teachers(self, model: str, todo: dict[str, int],
+                        out: dict[int, tuple[str, Location]],
+                        claims: list[teacher_store.Claim]) -> None:
+        """One Tune stage for the teachers this study claimed (``todo``: id -> dataset index);
+        their claims are renewed while it runs and dropped when it ends, however it ends."""
+        from ray import tune
+
         from kdtune.trainables import train
 
         spec = self.spec
         method = methods.PRETRAINED[model]
         stage = "teachers" if model == "teacher" else "teachers-student"
         arch = spec.teacher.arch if model == "teacher" else spec.student.arch
-        out, to_train = {}, []
-        for index, ds in enumerate(spec.datasets):
-            tid = spec.teacher_id(ds, model)
-            path = teacher_path(spec.storage, tid)
-            out[index] = (tid, path)
-            if exists(path):  # readable: plan_resources set a damaged one aside
-                self.log(f"{method} {tid}: reusing {path}")
-                self._record_reused_teacher(index, tid, path, method, stage)
-            elif index not in [i for i, _ in to_train] and tid not in [t for _, t in to_train]:
-                to_train.append((index, tid))
-        if to_train:
-            self.log(f"stage {stage}: training {len(to_train)} {method} model(s) "
-                     f"({arch}, {spec.training.teacher_epochs} epochs)")
-            jobs = [TrialJob(stage, "teacher", i, method, spec.teacher_seed, teacher_id=tid,
-                             teacher_path=str(out[i][1]), **self._cpus_gpus(method)).to_config()
-                    for i, tid in to_train]
-            from ray import tune
-
-            callback = self._recorder(stage, "teacher", len(jobs))
+        self.log(f"stage {stage}: training {len(todo)} {method} model(s) "
+                 f"({arch}, {spec.training.teacher_epochs} epochs)")
+        jobs = [TrialJob(stage, "teacher", i, method, spec.teacher_seed, teacher_id=tid,
+                         teacher_path=str(out[i][1]), **self._cpus_gpus(method)).to_config()
+                for tid, i in todo.items()]
+        callback = self._recorder(stage, "teacher", len(jobs))
+        with teacher_store.Heartbeat(claims, self.log):
             fit_stage(train, spec, self.tune_dir, stage,
                       {"job": tune.grid_search(jobs)}, 1, callback, plan=self.plan,
                       data=self._data_refs)
-            missing = [tid for i, tid in to_train if not exists(out[i][1])]
-            if missing:
-                raise StudyError(f"teacher training failed for {', '.join(missing)}; "
-                                 f"see {self.run_dir / 'trials.parquet'} (column failure)")
-        return out
+        missing = [tid for tid, i in todo.items() if not self._stored(i, model, out[i][1])]
+        if missing:
+            raise StudyError(f"teacher training failed for {', '.join(missing)}; "
+                             f"see {self.run_dir / 'trials.parquet'} (column failure)")
+
+    def _wait_for_teachers(self, model: str, waiting: dict[str, int],
+                           holders: dict[str, dict[str, Any]],
+                           out: dict[int, tuple[str, Location]]) -> dict[str, int]:
+        """Wait while other studies train ``waiting`` (id -> dataset index), polling the
+        teacher store; a teacher that appears (``teacher.pt`` and its record) is reused.
+        Returns those this study must claim again: their claim went stale or was dropped
+        without a teacher."""
+        method = methods.PRETRAINED[model]
+        stage = "teachers" if model == "teacher" else "teachers-student"
+        told: dict[str, dict[str, Any]] = {}  # the claim last said to be waited for
+        while waiting:
+            free: dict[str, int] = {}
+            for tid, index in list(waiting.items()):
+                path = out[index][1]
+                holder = holders.pop(tid, None) or teacher_store.read_claim(path)
+                # complete once its record is there (written after teacher.pt)
+                if exists(teacher_store.record_path(path)) or holder is None:
+                    if self._stored(index, model, path):
+                        by = told.get(tid) or holder
+                        self.log(f"{method} {tid}: reusing {path}"
+                                 + (f" (trained by run {by.get('run_id', '?')})" if by else ""))
+                        self._record_reused_teacher(index, tid, path, method, stage)
+                        del waiting[tid]
+                        continue
+                    if holder is None:
+                        self.log(f"{method} {tid}: its claim was dropped without a teacher "
+                                 "(that study's training failed or stopped); training it here")
+                        free[tid] = waiting.pop(tid)
+                        continue
+                if teacher_store.is_stale(holder):
+                    free[tid] = waiting.pop(tid)  # taken over when claimed again
+                elif tid not in told or told[tid].get("token") != holder.get("token"):
+                    told[tid] = holder
+                    self.log(f"waiting for {method} {tid}, being trained by run "
+                             f"{_holder(holder)}")
+            if free:
+                return free | waiting  # claim those; the others are waited for again
+            if waiting:
+                check_stop()
+                time.sleep(teacher_store.poll_every())
+        return {}
 
     def _recorder(self, stage: str, role: str, expected: int | dict[str, int]) -> Recorder:
         epoch_columns = tuple(f.name for f in EPOCH_SCHEMA if f.name not in (
@@ -285,7 +366,10 @@ class Study:
         if any(r["trial_id"] == trial_id or (r["role"] == "teacher" and r["teacher_id"] == tid)
                for r in self.store.trials):
             return  # this run trained it (and was resumed), or already recorded its reuse
-        state = load_torch(path)
+        ds = self.spec.datasets[index]
+        state = checked_teacher(path, self.log,
+                                teacher_recipe.recipe(self.spec, ds, teacher_store.model_of(
+                                    method)), ds.label) or {}
         arch, _ = methods.trial_models(self.spec, method)
         self.store.finish_trial({
             "study": self.spec.study, "run_id": self.run_dir.name, "stage": stage,
@@ -482,14 +566,30 @@ class Study:
         return self.run_dir
 
 
+def _holder(claim: dict[str, Any]) -> str:
+    """Who holds a claim, for a log line."""
+    return (f"{claim.get('run_id', '?')} (host {claim.get('host', '?')}, "
+            f"pid {claim.get('pid', '?')})")
+
+
 def plan_resources(spec: StudySpec, splits: list[Splits],
                    log: Callable[[str], None] = console.log) -> ResourcePlan:
     """Each role's resources on the connected cluster (``gpus: fit`` measures here)."""
     sources = methods.teacher_sources(spec)
-    paths = [teacher_path(spec.storage, spec.teacher_id(ds, model))
-             for ds in spec.datasets for model in sources]
-    # a stored teacher that cannot be read is set aside here, so its training gets resources
-    train_teacher = not all([exists(p) and stored_teacher(p, log) is not None for p in paths])
+    # every stored teacher the study may use is checked here, once (read, hashed against its
+    # record): one that is damaged, or not what was stored, is set aside, so its training gets
+    # resources; under resplit, each final seed's split has a teacher of its own
+    variants = [(ds, model) for ds in spec.datasets for model in sources]
+    stored = [checked_teacher(teacher_path(spec.storage, spec.teacher_id(ds, model)), log,
+                              teacher_recipe.recipe(spec, ds, model), ds.label) is not None
+              for ds, model in variants]
+    if spec.final.resplit:
+        for ds, model in variants:
+            for seed in spec.final.all_seeds():
+                split = ds.resplit(seed)
+                checked_teacher(teacher_path(spec.storage, spec.teacher_id(split, model)), log,
+                                teacher_recipe.recipe(spec, split, model), split.label)
+    train_teacher = not all(stored)
     # under resplit, each final seed's split has a teacher of its own, trained as needed
     train_teacher = train_teacher or bool(spec.final.resplit and sources)
     shapes = [Shape(s.channels, s.image_size, s.num_classes, splits_bytes(s)) for s in splits]
@@ -511,8 +611,15 @@ def _put_teachers(teachers: dict[str, dict[int, tuple[str, Location]]]) -> dict[
     import ray
 
     paths = {tid: path for source in teachers.values() for tid, path in source.values()}
-    return {tid: ray.put(load_torch(path))
-            for tid, path in paths.items()}
+    refs = {}
+    for tid, path in paths.items():
+        try:  # checked when the study planned or the teacher appeared: this read is the same
+            state = load_torch(path)
+        except Exception as error:  # noqa: BLE001 - torch raises many kinds for a bad file
+            raise RunFileError(f"{path}: changed while the study ran, cannot read it "
+                               f"({type(error).__name__}); kdtune resume checks it again") from None
+        refs[tid] = ray.put(state)
+    return refs
 
 
 def load_trials(run_dir: Path) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from kdtune import methods
+from kdtune import methods, teacher_recipe, teacher_store
 from kdtune.data import Splits, omit_class
 from kdtune.devices import device_name, pick_device
 from kdtune.distill import Distiller
@@ -106,8 +106,14 @@ def load_teacher(spec: StudySpec, path: Location, splits: Splits, device: torch.
             import ray
 
             state = ray.get(ref)
-        else:
-            state = load_torch(path, map_location=device)  # outside Ray, or no ref given
+        else:  # outside Ray, or no ref given: checked by the driver when the study planned
+            try:
+                state = load_torch(path, map_location=device)
+            except Exception as error:  # noqa: BLE001 - torch raises many kinds for a bad file
+                # one line, and never torch's advice to load with weights_only=False
+                raise RuntimeError(f"{path}: the stored teacher cannot be read "
+                                   f"({type(error).__name__}); kdtune resume checks it again "
+                                   "and trains it anew if it is damaged") from None
         teacher.load_state_dict(state["model"])
         return teacher.to(device).eval()
 
@@ -232,7 +238,14 @@ def _run(config: dict[str, Any], spec: StudySpec, *, data: list[Any] | None = No
             return use_cached_teacher(distiller, splits, key, budget)
 
     trial = build_trial(spec, job, splits, device, teacher, cache)
-    start_epoch, generator_state, history = _restore(trial, device)
+    damaged = None
+    try:
+        start_epoch, generator_state, history = _restore(trial, device)
+    except DamagedCheckpoint as error:
+        # recovery without loss: this trial starts over, as it first did; the driver logs it
+        damaged = str(error)
+        trial = build_trial(spec, job, splits, device, teacher, cache)
+        start_epoch, generator_state, history = 0, None, []
     previous = tune.get_checkpoint()
     node_id = _node_id()
     every_s = spec.scheduler.checkpoint_every_s
@@ -249,6 +262,8 @@ def _run(config: dict[str, Any], spec: StudySpec, *, data: list[Any] | None = No
                                           # timestamps are whole seconds
                                           "reported_at": time.time(),
                                           "teacher_outputs": trial.teacher_outputs}
+            if damaged is not None:  # said once, with the first epoch of the new start
+                metrics["checkpoint_damaged"], damaged = damaged, None
             history.append({k: metrics[k] for k in EPOCH_METRICS if k in metrics})
             last = report.epoch == trial.budget.epochs
             if last:
@@ -276,20 +291,51 @@ def _run(config: dict[str, Any], spec: StudySpec, *, data: list[Any] | None = No
                      "wall_s": time.perf_counter() - started})
 
 
+class DamagedCheckpoint(Exception):
+    """A trial checkpoint that cannot be restored; ``str()`` says why, in a few words."""
+
+
 def _restore(trial: Trial, device: torch.device
              ) -> tuple[int, torch.Tensor | None, list[dict[str, Any]]]:
     """A retried or resumed trial continues where it stopped: (first epoch, batch generator
-    state, the metrics of the epochs before) from its last checkpoint, or (0, None, [])."""
+    state, the metrics of the epochs before) from its last checkpoint, or (0, None, []).
+
+    A checkpoint that cannot be restored (no ``state.pt``, a file torch cannot read, a state
+    that does not fit this trial) raises :class:`DamagedCheckpoint`; ``trial`` may then hold
+    part of it, so the caller builds the trial again and starts it from epoch 0."""
     from ray import tune
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return 0, None, []
-    with checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / "state.pt", map_location=device, weights_only=True)
-    trial.distiller.load_state_dict(state["distiller"])
-    trial.optimizer.load_state_dict(state["optimizer"])
-    return int(state["epoch"]), state["generator"], list(state.get("history", []))
+    try:
+        with checkpoint.as_directory() as folder:
+            file = Path(folder) / "state.pt"
+            if not file.is_file():
+                raise DamagedCheckpoint("no state.pt in it")
+            state = torch.load(file, map_location=device, weights_only=True)
+    except DamagedCheckpoint:
+        raise
+    except Exception as error:  # noqa: BLE001 - torch raises many kinds for a bad file
+        # never torch's own message: it suggests loading with weights_only=False
+        raise DamagedCheckpoint(f"not a readable PyTorch checkpoint: {type(error).__name__}"
+                                ) from None
+    if not isinstance(state, dict) or not {"distiller", "optimizer", "epoch"} <= set(state):
+        raise DamagedCheckpoint("not a trial state (distiller, optimizer, epoch)")
+    epoch, generator = state["epoch"], state.get("generator")
+    if not isinstance(epoch, int) or not 0 <= epoch <= trial.budget.epochs:
+        raise DamagedCheckpoint(f"epoch {epoch!r} is not within the trial's budget")
+    try:
+        if generator is not None:  # a CPU generator's state, wherever the tensors were mapped
+            generator = generator.cpu()
+            torch.Generator().set_state(generator)
+        trial.distiller.load_state_dict(state["distiller"])
+        trial.optimizer.load_state_dict(state["optimizer"])
+    except Exception as error:  # noqa: BLE001 - shapes, keys, types: any mismatch
+        raise DamagedCheckpoint(f"its state does not fit this trial "
+                                f"({type(error).__name__})") from None
+    history = state.get("history", [])
+    return epoch, generator, list(history) if isinstance(history, list) else []
 
 
 def _final_metrics(spec: StudySpec, trial: Trial, splits: Splits,
@@ -300,11 +346,23 @@ def _final_metrics(spec: StudySpec, trial: Trial, splits: Splits,
     out: dict[str, Any] = {"test_acc": evaluate(d.predictor, splits.test_x, splits.test_y,
                                                 splits, amp=budget.amp)}
     if trial.job.role == "teacher":
-        save_torch({"model": trial.model.state_dict(), "val_acc": val_acc,
-                    "test_acc": out["test_acc"]}, as_location(trial.job.teacher_path))
+        save_teacher(spec, trial.job, {"model": trial.model.state_dict(), "val_acc": val_acc,
+                                       "test_acc": out["test_acc"]})
     else:
         out |= _class_and_exit_metrics(spec, d, splits, budget)
     return out
+
+
+def save_teacher(spec: StudySpec, job: TrialJob, state: dict[str, Any]) -> None:
+    """A trained pretrained model into the teacher store: ``teacher.pt`` (whole, or not at all),
+    then its record ``teacher.json`` (size, sha256, recipe), which marks it complete."""
+    path = as_location(job.teacher_path)
+    size, sha256 = save_torch(state, path)
+    dataset = trial_dataset(spec, job)
+    model = teacher_store.model_of(job.method)
+    teacher_store.write_record(path, teacher_store.make_record(
+        job.teacher_id, size, sha256, teacher_recipe.recipe(spec, dataset, model), dataset.label,
+        model=model, val_acc=state.get("val_acc"), test_acc=state.get("test_acc")))
 
 
 def drop_previous(previous: Any, latest: Any) -> Any:

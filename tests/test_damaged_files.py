@@ -7,12 +7,14 @@ refused command writes nothing."""
 from __future__ import annotations
 
 import copy
+import json
 import random
 import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from kdtune.cli import main
 
@@ -120,3 +122,181 @@ def test_a_damaged_stored_teacher_is_kept_aside_and_trained_again(finished, how,
     roles = [r["status"] for r in pq.read_table(run_dir / "trials.parquet").to_pylist()
              if r["role"] == "teacher"]
     assert roles == ["finished"]  # trained again, not reused
+
+
+# --- the stored teacher's record (teacher.json), and a teacher that is not what was stored ---
+def _run_on_copied_teachers(finished, tmp_path, write_spec, capsys, damage) -> tuple[str, Path]:
+    """``kdtune run`` on a storage holding a copy of the finished run's teachers, one of them
+    damaged by ``damage(teacher_pt)``; returns the output and the teacher.pt path."""
+    spec, original = finished
+    storage = tmp_path / "runs"
+    shutil.copytree(original.parent / "teachers", storage / "teachers")
+    (teacher,) = (storage / "teachers").glob("*/teacher.pt")
+    damage(teacher)
+    capsys.readouterr()
+    assert main(["run", str(write_spec(spec)), "--storage", str(storage)]) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err and "weights_only" not in out + err
+    return out, teacher
+
+
+def _teacher_statuses(storage: Path) -> list[str]:
+    (run_dir,) = [p for p in storage.iterdir() if p.name.startswith("tiny-")]
+    return [r["status"] for r in pq.read_table(run_dir / "trials.parquet").to_pylist()
+            if r["role"] == "teacher"]
+
+
+@pytest.mark.parametrize("how", (*DAMAGES, "missing"))
+def test_a_damaged_or_missing_teacher_record_is_written_anew(finished, how, tmp_path,
+                                                             write_spec, capsys):
+    """teacher.json damaged, or absent (a teacher stored before records): teacher.pt still
+    loads, so it is reused, and its record is written again from it."""
+    def damage(teacher: Path) -> None:
+        record = teacher.with_name("teacher.json")
+        if how == "missing":
+            record.unlink()
+        else:
+            _damage(record, how)
+
+    out, teacher = _run_on_copied_teachers(finished, tmp_path, write_spec, capsys, damage)
+    record = teacher.with_name("teacher.json")
+    said = f"{record}: damaged (" if how != "missing" else f"{teacher}: stored without a " \
+                                                          "teacher.json"
+    assert said in out and "accepted, and its size and sha256 recorded" in out
+    written = json.loads(record.read_text())
+    assert written["size"] == teacher.stat().st_size and written["recorded_from"]
+    assert _teacher_statuses(tmp_path / "runs") == ["reused"]
+
+
+def test_a_teacher_that_differs_from_its_record_is_kept_aside_and_trained_again(
+        finished, tmp_path, write_spec, capsys):
+    """A teacher.pt that torch reads fine but is not the file that was stored (other weights,
+    the same keys and shapes): only its sha256 tells."""
+    def damage(teacher: Path) -> None:
+        state = torch.load(teacher, weights_only=True)
+        state["model"] = {k: v + 1 if v.is_floating_point() else v
+                          for k, v in state["model"].items()}
+        torch.save(state, teacher)
+
+    out, teacher = _run_on_copied_teachers(finished, tmp_path, write_spec, capsys, damage)
+    assert f"{teacher}: damaged (its size or sha256 does not match teacher.json" in out
+    assert "training that teacher again" in out
+    assert len(list(teacher.parent.glob("teacher.pt.damaged-*"))) == 1
+    assert len(list(teacher.parent.glob("teacher.json.damaged-*"))) == 1
+    assert _teacher_statuses(tmp_path / "runs") == ["finished"]  # trained again, not reused
+    record = json.loads(teacher.with_name("teacher.json").read_text())
+    assert record["size"] == teacher.stat().st_size  # the new teacher's record
+
+
+# --- trial checkpoints (Tune restores a retried trial from its last one) --------------------
+CHECKPOINT_DAMAGES = (*DAMAGES, "no state.pt", "another model's state")
+
+
+class _Tune:
+    """What a trial sees of Ray Tune: the checkpoint it restores from, and what it reports
+    (each checkpoint copied, as Tune keeps it)."""
+
+    def __init__(self, checkpoint: Path | None, keep: Path) -> None:
+        from ray import tune
+
+        self.checkpoint = tune.Checkpoint.from_directory(checkpoint) if checkpoint else None
+        self.keep, self.reports, self.saved = keep, [], []
+
+    def get_checkpoint(self):
+        return self.checkpoint
+
+    def report(self, metrics, checkpoint=None):
+        self.reports.append(metrics)
+        if checkpoint is not None:
+            target = self.keep / f"checkpoint-{len(self.reports)}"
+            shutil.copytree(checkpoint.path, target)
+            self.saved.append(target)
+
+
+def _train(spec_dict: dict, monkeypatch, tmp_path: Path, checkpoint: Path | None) -> _Tune:
+    """One scratch trial of the tiny spec (3 epochs, a checkpoint after each), in-process."""
+    from ray import tune
+
+    from kdtune.job import TrialJob
+    from kdtune.spec import parse_spec
+    from kdtune.trainables import train
+
+    spec = parse_spec(spec_dict | {"scheduler": {"checkpoint_every_s": 0}})
+    fake = _Tune(checkpoint, tmp_path)
+    monkeypatch.setattr(tune, "get_checkpoint", fake.get_checkpoint)
+    monkeypatch.setattr(tune, "report", fake.report)
+    train(TrialJob("final", "final", 0, "scratch", 0).to_config(), spec)
+    return fake
+
+
+@pytest.fixture
+def trial_spec(tiny_spec_dict) -> dict:
+    tiny_spec_dict["training"] |= {"student_epochs": 3}
+    return tiny_spec_dict
+
+
+def test_a_trial_resumes_from_its_checkpoint(trial_spec, monkeypatch, tmp_path):
+    """The control: a good checkpoint of epoch 1 resumes at epoch 2, as the trial ran."""
+    first = _train(trial_spec, monkeypatch, tmp_path / "a", None)
+    assert [r["epoch"] for r in first.reports] == [1, 2, 3] and len(first.saved) == 3
+    resumed = _train(trial_spec, monkeypatch, tmp_path / "b", first.saved[0])
+    assert [r["epoch"] for r in resumed.reports] == [2, 3]
+    assert "checkpoint_damaged" not in resumed.reports[0]
+    assert [r["train_loss"] for r in resumed.reports] == pytest.approx(
+        [r["train_loss"] for r in first.reports[1:]], rel=1e-5)
+
+
+@pytest.mark.parametrize("how", CHECKPOINT_DAMAGES)
+def test_a_trial_with_a_damaged_checkpoint_starts_over(trial_spec, how, monkeypatch, tmp_path):
+    """Truncated, emptied, garbage, no state.pt, or a state that does not fit the trial: the
+    trial starts again from epoch 0, exactly as a fresh trial, and its first report says why
+    (the driver logs it); never a traceback, never torch's weights_only advice."""
+    first = _train(trial_spec, monkeypatch, tmp_path / "a", None)
+    checkpoint = first.saved[0]
+    state = checkpoint / "state.pt"
+    if how == "no state.pt":
+        state.unlink()
+    elif how == "another model's state":
+        saved = torch.load(state, weights_only=True)
+        saved["distiller"] = {k: torch.zeros(3) for k in saved["distiller"]}
+        torch.save(saved, state)
+    else:
+        _damage(state, how)
+    again = _train(trial_spec, monkeypatch, tmp_path / "b", checkpoint)
+    assert [r["epoch"] for r in again.reports] == [1, 2, 3]  # from scratch
+    reason = again.reports[0]["checkpoint_damaged"]
+    assert reason and "weights_only" not in reason and "\n" not in reason
+    assert all("checkpoint_damaged" not in r for r in again.reports[1:])
+    # the same trial as a fresh one: built again, not left half-restored
+    assert [r["train_loss"] for r in again.reports] == pytest.approx(
+        [r["train_loss"] for r in first.reports], rel=1e-5)
+
+
+def test_the_driver_logs_a_trial_that_started_over(tiny_spec_dict):
+    from dataclasses import dataclass, field
+
+    from kdtune.job import TrialJob
+    from kdtune.recorder import Recorder
+    from kdtune.spec import parse_spec
+
+    @dataclass
+    class Store:
+        run_dir: Path = Path("/runs/tiny-1")
+        epochs: list = field(default_factory=list)
+
+        def add_epoch(self, row, replace=True):
+            self.epochs.append(row)
+
+    @dataclass
+    class Trial:
+        config: dict
+        trial_id: str = "abc_00001"
+
+    lines: list[str] = []
+    recorder = Recorder(Store(), parse_spec(tiny_spec_dict), "final", "final", 1, lines.append,
+                        ("epoch", "val_acc"))
+    trial = Trial(TrialJob("final", "final", 0, "scratch", 0).to_config())
+    recorder.on_trial_result(0, [], trial, {"epoch": 1, "val_acc": 50.0,
+                                            "checkpoint_damaged": "no state.pt in it"})
+    assert lines == ["final:abc_00001: its checkpoint was damaged (no state.pt in it); "
+                     "restarted from epoch 0"]

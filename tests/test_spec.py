@@ -110,12 +110,29 @@ def test_teacher_id_changes_with_what_changes_the_teacher(tiny_spec_dict):
 def test_teacher_ids_are_pinned_literally(tiny_spec_dict):
     """A change to what a teacher id hashes orphans every teacher users have stored: these are
     literal ids of 2026-12-02 (the tiny spec's teacher and pretrained student, the quickstart's
-    first two datasets), not recomputed from the code. ``training.amp`` stays out of the id:
-    adding it now would orphan every stored teacher; a teacher trained under bf16 autocast is
-    reused by an fp32 study of the same recipe (and the other way round)."""
+    three datasets, the paper study's ResNets, a resplit seed, a partly augmented batch, Adam
+    with another teacher seed), computed by the code before the recipe moved to
+    :func:`kdtune.teacher_recipe.recipe`, not recomputed from it. ``training.amp`` stays out of
+    the id (the reason: a comment in ``StudySpec.teacher_id``)."""
     tiny = parse_spec(tiny_spec_dict)
     assert tiny.teacher_id(tiny.datasets[0]) == "digits-small_cnn-s0-9c98e5c5be40"
     assert tiny.teacher_id(tiny.datasets[0], "student") == "digits-small_cnn-s0-8d7d20856156"
-    quick = load_spec(Path(__file__).resolve().parents[1] / "studies" / "quickstart.yaml")
-    assert [quick.teacher_id(d) for d in quick.datasets[:2]] == [
-        "digits-small_cnn-s0-7a6e66bd0ac2", "digits-small_cnn-s0-43d87d131908"]
+    studies = Path(__file__).resolve().parents[1] / "studies"
+    quick = load_spec(studies / "quickstart.yaml")
+    assert [quick.teacher_id(d) for d in quick.datasets] == [
+        "digits-small_cnn-s0-7a6e66bd0ac2", "digits-small_cnn-s0-43d87d131908",
+        "digits-small_cnn-s0-e898384abb6b"]  # clean, pixel_noise, label_noise
+    paper = load_spec(studies / "belinga2024.yaml")  # ResNet-50 teacher, ResNet-18 student
+    assert [paper.teacher_id(d) for d in paper.datasets[:2]] == [
+        "mnist-resnet50-s0-792abce73b77", "fashion_mnist-resnet50-s0-af5a2c9e50e3"]
+    assert paper.teacher_id(paper.datasets[0], "student") == "mnist-resnet18-s0-248784e24269"
+    # a final.resplit seed's split has a teacher of its own
+    assert tiny.teacher_id(tiny.datasets[0].resplit(1)) == "digits-small_cnn-s0-a18f796fb3ac"
+    training = tiny_spec_dict["training"]
+    for change, pinned in (
+            ({"aug_share": 0.5, "augmentation": "paper"}, "digits-small_cnn-s0-39f54bcb0fca"),
+            ({"amp": False}, "digits-small_cnn-s0-9c98e5c5be40"),  # the same as with amp on
+            ({"optimizer": "adam", "lr": 0.001, "seed": 3}, "digits-small_cnn-s3-cb63c10d327c")):
+        seed = change.pop("seed", 0)
+        other = parse_spec(tiny_spec_dict | {"training": training | change, "teacher_seed": seed})
+        assert other.teacher_id(other.datasets[0]) == pinned
