@@ -33,12 +33,14 @@ class TrialJob:
     gpus: float = 0.0
     selected_from: str | None = None  # a final run: the search trial whose config it retrains
     split_seed: int | None = None  # final.resplit: the split this trial's data is drawn with
+    # a search trial: where its config came from (tpe, paper, points[i], warm:RUN/DATASET)
+    config_source: str | None = None
 
     def to_config(self) -> dict[str, Any]:
         """A flat dict for Ray's param space; hyperparameters that are set sit at the top level
         (where Optuna's suggestions for them land too)."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "hp"}
-        for optional in ("selected_from", "split_seed"):
+        for optional in ("selected_from", "split_seed", "config_source"):
             if out[optional] is None:
                 del out[optional]
         return out | self.hp.as_dict()

@@ -66,6 +66,12 @@ def validate(spec: str | Path | dict[str, Any] | StudySpec, compute: bool = True
         lines.append(f"  {method}: " + (f"{spec.search.trials} Optuna trials per dataset over "
                                          f"{', '.join(dims)}" if dims else
                                          "1 trial per dataset (nothing searched: fixed config)"))
+    if spec.search.warm_start is not None:
+        where = ("the storage's finished runs" if spec.search.warm_start == "auto"
+                 else f"{len(spec.search.warm_start)} run(s) named")
+        lines.append(f"  warm start: each search begins with up to "
+                     f"{spec.search.warm_start_configs} best config(s) of earlier searches of "
+                     f"the same method and models in {where}, nearest in complexity first")
     if spec.distillation.omit_class is not None:
         lines.append(f"  omit-one-class: students train and validate without class "
                      f"{spec.distillation.omit_class}; test accuracy on it is reported")

@@ -47,11 +47,17 @@ def resolve_paths(spec: StudySpec, storage: str | None, data_dir: str | None,
             update["download"] = download or ds.download
         datasets.append(ds.model_copy(update=update))
     update: dict[str, Any] = {"storage": storage_path, "datasets": datasets}
+    search: dict[str, Any] = {}
     rdb = spec.search.storage
     if rdb and rdb.startswith("sqlite:///") and not rdb.startswith("sqlite:////") \
             and rdb != "sqlite:///:memory:":  # a relative SQLite file: relative to here
         absolute = Path(rdb.removeprefix("sqlite:///")).expanduser().resolve()
-        update["search"] = spec.search.model_copy(update={"storage": f"sqlite:///{absolute}"})
+        search["storage"] = f"sqlite:///{absolute}"
+    if isinstance(spec.search.warm_start, list):  # run directories: relative to here
+        search["warm_start"] = [run if "://" in run else str(Path(run).expanduser().resolve())
+                                for run in spec.search.warm_start]
+    if search:
+        update["search"] = spec.search.model_copy(update=search)
     return spec.model_copy(update=update)
 
 

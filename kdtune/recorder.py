@@ -113,6 +113,8 @@ class Recorder(Callback):
             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "arch": trained.label, "teacher_arch": teacher.label if teacher else None,
             "split_seed": job.split_seed,
+            "config_source": job.config_source or (f"search:{job.selected_from}"
+                                                   if job.selected_from else None),
             **{k: last.get(k) for k in LAST_REPORT_COLUMNS},
         }
         self.store.finish_trial(row)

@@ -66,6 +66,9 @@ TRIAL_SCHEMA = pa.schema([
     ("split_seed", pa.int64()),
     # the device it trained on: cpu, or cuda:0 (its name)
     ("device", pa.string()),
+    # where its config came from: a search trial's tpe (Optuna sampled it), paper, points[i]
+    # or warm:RUN/DATASET (kdtune.warm_start); a final run's search:TRIAL (the one selected)
+    ("config_source", pa.string()),
 ])
 
 # one loss column per loss name any method returns (kdtune.methods)

@@ -23,8 +23,11 @@ from kdtune.hparams import is_searched, sample
 from kdtune.spec import StudySpec
 
 
-def define_space(trial: optuna.Trial, method: str, space: dict[str, Any]) -> dict[str, Any]:
-    """Sample one configuration; returns the fixed values of the dimensions not searched.
+def define_space(trial: optuna.Trial, method: str, space: dict[str, Any],
+                 sampled: str = "tpe") -> dict[str, Any]:
+    """Sample one configuration; returns the fixed values of the dimensions not searched, and
+    the config's ``config_source``: an enqueued start point's (``warm:RUN/DATASET``,
+    ``paper``, ``points[i]``), else ``sampled``.
 
     The student's dimensions first (lr, augmentation, and the augmented share only where some
     policy augments), then the method's own (:meth:`kdtune.methods.base.Method.sample`): the
@@ -36,7 +39,8 @@ def define_space(trial: optuna.Trial, method: str, space: dict[str, Any]) -> dic
     policy = sample(trial, "augmentation", space)
     if is_searched("aug_share", space) and policy != "none":
         sample(trial, "aug_share", space)
-    return methods.get(method).sample(trial, space)
+    fixed = methods.get(method).sample(trial, space)
+    return fixed | {"config_source": trial.user_attrs.get("config_source", sampled)}
 
 
 def space_of(spec: StudySpec) -> dict[str, Any]:
@@ -62,15 +66,31 @@ def search_trials(spec: StudySpec, method: str) -> int:
     return spec.search.trials if searched_dimensions(spec, method) else 1
 
 
-def start_points(spec: StudySpec, method: str) -> list[dict[str, Any]] | None:
-    """The configurations evaluated first: the paper's point, then ``search.points``, each cut
-    to the dimensions this method searches (a point left empty is dropped)."""
+def sourced_start_points(spec: StudySpec, method: str, warm: list[dict[str, Any]] = (),
+                         ) -> list[tuple[str, dict[str, Any]]]:
+    """The configurations evaluated first, each with where it came from (a trial row's
+    ``config_source``): ``warm`` (warm-start configs, each ``{"source", "config"}``), then
+    the paper's point, then ``search.points``, each cut to the dimensions this method searches
+    (a point left empty is dropped)."""
     dims = searched_dimensions(spec, method)
     space = space_of(spec)
-    points = [methods.get(method).start_point(space, spec.search.include_paper_point)]
-    points += [{k: v for k, v in p.items() if k in dims} for p in spec.search.points or []]
-    points = [p for p in points if p]
-    return points or None
+    points = [(f"warm:{w['source']}", {k: v for k, v in w["config"].items() if k in dims})
+              for w in warm]
+    points.append(("paper", methods.get(method).start_point(space,
+                                                              spec.search.include_paper_point)))
+    points += [(f"points[{i}]", {k: v for k, v in p.items() if k in dims})
+               for i, p in enumerate(spec.search.points or [])]
+    return [(source, point) for source, point in points if point]
+
+
+def start_points(spec: StudySpec, method: str) -> list[dict[str, Any]] | None:
+    """The configurations evaluated first without a warm start (None: none)."""
+    return [point for _, point in sourced_start_points(spec, method)] or None
+
+
+def sampled_source(spec: StudySpec, method: str) -> str:
+    """The ``config_source`` of a search trial Optuna sampled (``fixed``: nothing is searched)."""
+    return "tpe" if searched_dimensions(spec, method) else "fixed"
 
 
 def optuna_storage(spec: StudySpec, journal: Path) -> Any:
@@ -119,19 +139,26 @@ def copy_searches_to_journal(spec: StudySpec, journal: Path, run_id: str,
 
 
 def make_searcher(spec: StudySpec, method: str, journal: Path, study_name: str,
-                  seed: int, run_id: str = "") -> ConcurrencyLimiter:
+                  seed: int, run_id: str = "", warm: list[dict[str, Any]] = (),
+                  ) -> ConcurrencyLimiter:
     """OptunaSearch (TPE) for one (dataset, method), stored in ``journal`` (or the spec's
-    ``search.storage``, as ``run_id/study_name``)."""
+    ``search.storage``, as ``run_id/study_name``), its start points enqueued first (``warm``:
+    warm-start configs, each ``{"source", "config"}``)."""
     storage = optuna_storage(spec, journal)
     study_name = optuna_study_name(spec, run_id, study_name)
-    existing = [t for t in _trials(storage, study_name)]
-    # start points are asked for first, so a resumed search has already had the first
-    # len(existing) of them
-    points = (start_points(spec, method) or [])[len(existing):] or None
+    study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
+                                load_if_exists=True)
+    # start points are asked for first, so a resumed search has already had (or still holds,
+    # enqueued) the first len(trials) of them. Enqueued here rather than by OptunaSearch's
+    # points_to_evaluate so that each carries its source, which define_space puts in the
+    # trial's config (and so its row): a resumed run's enqueued points keep theirs.
+    for source, point in sourced_start_points(spec, method, warm)[len(study.trials):]:
+        study.enqueue_trial(point, user_attrs={"config_source": source})
     searcher = OptunaSearch(
-        space=functools.partial(define_space, method=method, space=space_of(spec)),
+        space=functools.partial(define_space, method=method, space=space_of(spec),
+                                sampled=sampled_source(spec, method)),
         metric="val_acc", mode="max", sampler=optuna.samplers.TPESampler(seed=seed),
-        storage=storage, study_name=study_name, points_to_evaluate=points)
+        storage=storage, study_name=study_name)
     # TPE drowns in random start-up trials when many run at once: keep it fed in small steps
     return ConcurrencyLimiter(searcher, max_concurrent=spec.search.max_concurrent)
 

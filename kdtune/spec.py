@@ -284,6 +284,23 @@ class SearchSpec(_Strict):
     # search, named RUN_ID/STAGE, for a team's optuna-dashboard; the run directory's journal
     # gets a copy of each search when the run ends (the report reads it from there)
     storage: str | None = None
+    # start each search with the best configs of earlier searches of the same method and
+    # models (kdtune.warm_start): `auto` (the finished runs in the storage) or run directories;
+    # the `warm_start_configs` nearest in measured dataset complexity are enqueued first
+    warm_start: Literal["auto"] | list[str] | None = None
+    warm_start_configs: int = Field(default=2, ge=1, le=100)
+
+    @field_validator("warm_start", mode="before")
+    @classmethod
+    def _runs(cls, v: Any) -> Any:
+        if isinstance(v, str) and v != "auto":
+            v = [v]  # one run directory
+        if isinstance(v, list):
+            if not v or not all(isinstance(r, str) and r.strip() for r in v):
+                raise ValueError("`auto`, or one or more run directories (paths or URIs)")
+            if "auto" in v:
+                raise ValueError("`auto` stands alone, not in a list of run directories")
+        return v
 
     @field_validator("storage")
     @classmethod

@@ -79,6 +79,7 @@ from kdtune.storage import (
 )
 from kdtune.trainables import teacher_path
 from kdtune.tuner import fit_stage, stage_name, stopping_scheduler
+from kdtune.warm_start import WarmConfig, choose_warm_start, read_warm_start, write_warm_start
 
 if TYPE_CHECKING:
     from kdtune.multisearch import SearchPart
@@ -111,6 +112,8 @@ class Study:
         self._teacher_refs: dict[str, Any] = {}
         self._said: set[tuple] = set()
         self.trackers: tracking.Trackers | None = None  # opened when the run starts
+        # each search stage's warm-start configs (kdtune.warm_start), chosen when it started
+        self.warm: dict[str, list[WarmConfig]] = {}
 
     @classmethod
     def create(cls, spec: StudySpec, spec_text: str, log: Callable[[str], None] = console.log,
@@ -125,6 +128,10 @@ class Study:
         # kept for the run: trials get them through Ray's object store
         splits = [ds.load() for ds in spec.datasets]
         dataset_rows = check_datasets(spec, log, splits)
+        complexity = {row["dataset"]: row.get("complexity_score") for row in dataset_rows}
+        warm = choose_warm_start(spec, {stage_name("search", ds.label, method):
+                                        (method, complexity.get(ds.label))
+                                        for ds in spec.datasets for method in spec.methods}, log)
         init_ray(address, log)
         if check_shared_storage(spec.storage) > 1:
             log(f"storage {spec.storage}: visible and writable from every node")
@@ -137,8 +144,9 @@ class Study:
             run_dir.mkdir(parents=True)  # a local run directory: made by new_run_dir
         write_text_atomic(spec_text, run_dir / SPEC_FILE)
         write_table_atomic(dataset_rows, DATASET_SCHEMA, run_dir / DATASETS_FILE)
+        write_warm_start(warm, run_dir)
         study = cls(spec, run_dir, spec_text, log, remote=remote, progress=progress)
-        study.splits, study.plan = splits, plan
+        study.splits, study.plan, study.warm = splits, plan, warm
         study._write_meta("created")
         return study
 
@@ -176,7 +184,9 @@ class Study:
         if meta.get("datasets"):
             spec = spec.model_copy(update={"datasets": [DatasetSpec(**d) for d in meta["datasets"]]})
         tracking.check(spec)  # a new run checks in create()
-        return cls(spec, run_dir, spec_text, log, remote=remote, progress=progress)
+        study = cls(spec, run_dir, spec_text, log, remote=remote, progress=progress)
+        study.warm = read_warm_start(run_dir)  # the configs it chose when it started
+        return study
 
     @property
     def tune_dir(self) -> Location:
@@ -400,7 +410,9 @@ class Study:
             self.log(f"stage {stage}: all {trials} trials already in the results")
         searcher = make_searcher(spec, method, self.run_dir / JOURNAL_FILE,
                                  stage, seed=spec.search.sampler_seed + index,
-                                 run_id=self.run_dir.name)
+                                 run_id=self.run_dir.name,
+                                 warm=[{"source": c.source, "config": c.config}
+                                       for c in self.warm.get(stage, [])])
         teacher = teachers.get(index, ("", Path()))
         constants = TrialJob(stage, "search", index, method, spec.final.seeds[0],
                              teacher_id=teacher[0], teacher_path=str(teacher[1]),
