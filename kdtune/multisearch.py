@@ -53,9 +53,13 @@ class StudySearcher(Searcher):
     needs (each job once: a job in flight or done is never handed out again)."""
 
     def __init__(self, parts: list[SearchPart], pending: Pending, key: JobKey,
-                 metric: str = "val_acc", mode: str = "max") -> None:
+                 metric: str = "val_acc", mode: str = "max",
+                 waiting: Callable[[], bool] = lambda: False) -> None:
         super().__init__(metric=metric, mode=mode)
         self.parts, self.pending, self.key = parts, pending, key
+        # True while the study waits for something outside this Tuner (a split's teacher
+        # another study is training): not finished yet, though nothing is in flight
+        self.waiting = waiting
         self._owner: dict[str, SearchPart] = {}  # search trial -> its search
         self._in_flight: dict[str, tuple] = {}  # other trial -> its job's key
         self._handed: set[tuple] = set()  # every job key handed out
@@ -91,7 +95,8 @@ class StudySearcher(Searcher):
             self._handed.add(key)
             self._in_flight[trial_id] = key
             return job
-        if not any(p.searching for p in self.parts) and not self._in_flight:
+        if not any(p.searching for p in self.parts) and not self._in_flight \
+                and not self.waiting():
             return Searcher.FINISHED
         return None  # waiting for a search, or a trial whose result decides what follows
 

@@ -63,13 +63,20 @@ class Recorder(Callback):
                 "role": job.role, "seed": job.seed}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if "epoch" not in result:
+        # a report carries the epochs since the one before (scheduler.report_every_s)
+        epochs = json.loads(result["epoch_batch"]) if result.get("epoch_batch") \
+            else [result] if "epoch" in result else []
+        if not epochs:
             return
         job = self._job(trial)
-        row = self._base(trial, job) | {k: result.get(k) for k in self.epoch_columns}
         if result.get("checkpoint_damaged"):  # kdtune.trainables._restore could not use it
-            self.log(f"{row['trial_id']}: its checkpoint was damaged "
+            self.log(f"{self._base(trial, job)['trial_id']}: its checkpoint was damaged "
                      f"({result['checkpoint_damaged']}); restarted from epoch 0")
+        for epoch in epochs:
+            self._epoch(trial, job, epoch)
+
+    def _epoch(self, trial: Any, job: TrialJob, epoch: dict[str, Any]) -> None:
+        row = self._base(trial, job) | {k: epoch.get(k) for k in self.epoch_columns}
         self.store.add_epoch(row)
         if self.trackers is not None:
             self.trackers.epoch(row)

@@ -80,7 +80,7 @@ EPOCH_SCHEMA = pa.schema([
     ("seed", pa.int64()), ("epoch", pa.int64()), ("train_loss", pa.float64()),
     *[(c, pa.float64()) for c in LOSS_COLUMNS],
     ("val_acc", pa.float64()), ("epoch_s", pa.float64()), ("wall_s", pa.float64()),
-    # when the epoch's report left the trial (Unix seconds): results in the order they came
+    # when the epoch ended in the trial (Unix seconds): results in the order they came
     ("reported_at", pa.float64()),
 ])
 

@@ -489,6 +489,10 @@ class SchedulerSpec(_Strict):
     # a trial checkpoints when this many seconds have passed since its last checkpoint, and
     # after its last epoch; 0: after every epoch. A crashed trial loses at most that much.
     checkpoint_every_s: float = Field(default=10.0, ge=0)
+    # a trial reports to Tune when this many seconds have passed since its last report, with
+    # every checkpoint and after its last epoch, each report carrying the epochs since the one
+    # before; search trials report every epoch while a rule watches them. 0: every epoch.
+    report_every_s: float = Field(default=2.0, ge=0)
 
     @field_validator("kind")
     @classmethod

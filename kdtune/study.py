@@ -111,6 +111,10 @@ class Study:
         self._pool_refs: list[Any] | None = None  # final.resplit: the images before splitting
         self._teacher_refs: dict[str, Any] = {}
         self._said: set[tuple] = set()
+        # final.resplit: the per-split teachers this study claimed (renewed while the students
+        # stage runs), and those another study is training, with when to look again
+        self._resplit_claims: dict[str, teacher_store.Claim] = {}
+        self._resplit_waiting: dict[str, float] = {}
         self.trackers: tracking.Trackers | None = None  # opened when the run starts
         # each search stage's warm-start configs (kdtune.warm_start), chosen when it started
         self.warm: dict[str, list[WarmConfig]] = {}
@@ -449,14 +453,15 @@ class Study:
                                    f"{best['val_acc']:.1f}%) on seeds {todo}")
                 for seed in todo:
                     job = self._final_job(index, method, seed, hp, best["trial_id"])
-                    jobs[job.key()] = job
+                    if job is not None:  # None: its split's teacher is another study's to train
+                        jobs[job.key()] = job
         return [j.to_config() for j in jobs.values()]
 
     def _final_job(self, index: int, method: str, seed: int, hp: Hyperparams,
-                   selected_from: str) -> TrialJob:
+                   selected_from: str) -> TrialJob | None:
         """The final run of ``method`` on ``seed``; under ``final.resplit``, on that seed's
         split and taught by that split's teacher, or that teacher's training if it is not
-        stored yet."""
+        stored yet and this study could claim it (None: another study is training it)."""
         spec = self.spec
         source = methods.get(method).taught_by
         split_seed = spec.datasets[index].resplit(seed).split_seed if spec.final.resplit \
@@ -467,7 +472,9 @@ class Study:
                 else spec.datasets[index]
             teacher_id = spec.teacher_id(ds, source)
             path = teacher_path(spec.storage, teacher_id)
-            if not exists(path):
+            if not self._resplit_teacher_ready(teacher_id, path):
+                if not self._claim_resplit_teacher(teacher_id, path):
+                    return None
                 pretrained = methods.PRETRAINED[source]
                 return TrialJob("teachers-resplit", "teacher", index, pretrained,
                                 spec.teacher_seed, teacher_id=teacher_id,
@@ -476,6 +483,41 @@ class Study:
         return TrialJob("final", "final", index, method, seed, hp, teacher_id, str(path),
                         selected_from=selected_from, split_seed=split_seed,
                         **self._cpus_gpus(method))
+
+    def _resplit_teacher_ready(self, teacher_id: str, path: Location) -> bool:
+        """A split's teacher is stored; one another study trained counts once its record is
+        written too (after ``teacher.pt``). This study's claim on it is dropped then."""
+        if not exists(path) or (teacher_id in self._resplit_waiting
+                                and not exists(teacher_store.record_path(path))):
+            return False
+        if self._resplit_waiting.pop(teacher_id, None) is not None:
+            self.log(f"teacher {teacher_id}: reusing {path} (trained by another study)")
+        claim = self._resplit_claims.get(teacher_id)
+        if claim is not None and not claim.lost:
+            claim.lost = True  # the heartbeat passes over it from now on
+            teacher_store.release(claim)
+        return True
+
+    def _claim_resplit_teacher(self, teacher_id: str, path: Location) -> bool:
+        """Claim a split's teacher before training it, as :meth:`_teachers` does: False while
+        another study's live claim holds it (looked at again every poll interval; a stale one
+        is taken over)."""
+        if teacher_id in self._resplit_claims:
+            return True
+        if time.time() < self._resplit_waiting.get(teacher_id, 0.0):
+            return False
+        claim, holder = teacher_store.acquire(path, teacher_id, self.run_dir.name)
+        if claim is None:
+            self._resplit_waiting[teacher_id] = time.time() + teacher_store.poll_every()
+            self._say_once(("resplit-wait", teacher_id, (holder or {}).get("token")),
+                           f"waiting for teacher {teacher_id}, being trained by run "
+                           f"{_holder(holder or {})}")
+            return False
+        self._resplit_waiting.pop(teacher_id, None)
+        if holder is not None:
+            self.log(f"teacher {teacher_id}: took over the claim of run {_holder(holder)}")
+        self._resplit_claims[teacher_id] = claim
+        return True
 
     def _say_once(self, key: tuple, message: str) -> None:
         if key not in self._said:
@@ -498,7 +540,8 @@ class Study:
         finals = sum(1 for (label, m), seeds in first.items()
                      for seed in seeds if seed not in done_seeds(self.store.trials, label, m))
         rounds = spec.final.target_halfwidth is not None
-        if not searches and not self._pending({p.stage for p in parts}):
+        if not searches and not self._pending({p.stage for p in parts}) \
+                and not self._resplit_waiting:
             self.log("stage final: nothing left to run")
             return
         if rounds:
@@ -520,13 +563,18 @@ class Study:
         bound = searches + len(spec.datasets) * most * (
             len(spec.methods) + (len(methods.teacher_sources(spec)) if spec.final.resplit
                                  else 0))
-        fit_stage(train, spec, self.tune_dir, "students", {}, bound, callback,
-                  searcher=StudySearcher(parts, self._pending,
-                                         lambda c: TrialJob.from_config(c).key()),
-                  scheduler=(PerStageASHA(lambda: stopping_scheduler(spec))
-                             if spec.scheduler.rule != "none" else None),
-                  plan=self.plan, data=self._data_refs, teachers=self._teacher_refs,
-                  pools=self._pool_refs)
+        # the split teachers claimed as final runs ask for them are renewed while the stage
+        # runs, and dropped when it ends, however it ends
+        claims = _LiveClaims(self._resplit_claims)
+        with teacher_store.Heartbeat(claims, self.log):
+            fit_stage(train, spec, self.tune_dir, "students", {}, bound, callback,
+                      searcher=StudySearcher(parts, self._pending,
+                                             lambda c: TrialJob.from_config(c).key(),
+                                             waiting=lambda: bool(self._resplit_waiting)),
+                      scheduler=(PerStageASHA(lambda: stopping_scheduler(spec))
+                                 if spec.scheduler.rule != "none" else None),
+                      plan=self.plan, data=self._data_refs, teachers=self._teacher_refs,
+                      pools=self._pool_refs)
 
     def run(self, address: str | None = None) -> Path:
         """Run every stage not yet done; write gains and the report; return the run directory."""
@@ -576,6 +624,17 @@ class Study:
         self.progress.summary(console.summary(self.store.trials, gains, wall, trends))
         self.progress.summary(f"report: {report}")
         return self.run_dir
+
+
+class _LiveClaims:
+    """The claims of a dict that grows while a stage runs, as :class:`teacher_store.Heartbeat`
+    iterates them (a snapshot each time: the driver adds claims from Tune's thread)."""
+
+    def __init__(self, claims: dict[str, teacher_store.Claim]) -> None:
+        self.claims = claims
+
+    def __iter__(self):
+        return iter(list(self.claims.values()))
 
 
 def _holder(claim: dict[str, Any]) -> str:

@@ -392,6 +392,83 @@ def test_a_teacher_whose_claim_is_dropped_or_goes_stale_is_trained_here(two_data
     assert ts.read_claim(teacher_path(tmp_path, ids[1])) is None
 
 
+# --- final.resplit: a teacher per final seed's split, claimed as the final runs need it ------
+def _resplit_study(tiny_spec_dict, tmp_path):
+    from kdtune.hparams import Hyperparams
+    from kdtune.study import Study
+
+    tiny_spec_dict["final"] = {"seeds": [0], "resplit": True}
+    spec = parse_spec(tiny_spec_dict | {"storage": str(tmp_path)})
+    lines: list[str] = []
+    study = Study(spec, tmp_path / "tiny-run", log=lines.append)
+    study._cpus_gpus = lambda method: {}  # resources are resolved on a Ray cluster; none here
+    split = spec.datasets[0].resplit(0)
+    tid = spec.teacher_id(split)
+
+    def final_job():
+        return study._final_job(0, "rkd", 0, Hyperparams.from_mapping({}), "search:t1")
+
+    def store_it():
+        job = TrialJob("teachers-resplit", "teacher", 0, "teacher", 0, teacher_id=tid,
+                       teacher_path=str(teacher_path(tmp_path, tid)),
+                       split_seed=split.split_seed)
+        save_teacher(spec, job, {"model": {"w": torch.ones(4)}, "val_acc": 90.0,
+                                 "test_acc": 88.0})
+
+    return study, lines, tid, teacher_path(tmp_path, tid), final_job, store_it
+
+
+def test_a_split_teacher_is_claimed_before_its_training_and_released_once_stored(
+        tiny_spec_dict, tmp_path):
+    study, lines, tid, path, final_job, store_it = _resplit_study(tiny_spec_dict, tmp_path)
+    job = final_job()
+    assert (job.role, job.teacher_id) == ("teacher", tid)  # its training comes first
+    assert ts.read_claim(path)["token"] == study._resplit_claims[tid].token
+    assert final_job().role == "teacher"  # asked again (another trial ended): still this one's
+    store_it()
+    job = final_job()
+    assert (job.role, job.method, job.teacher_id) == ("final", "rkd", tid)
+    assert ts.read_claim(path) is None  # released as soon as the teacher is stored
+
+
+def test_a_split_teacher_another_study_trains_is_waited_for_then_reused(tiny_spec_dict,
+                                                                       tmp_path, monkeypatch):
+    monkeypatch.setenv("KDTUNE_CLAIM_TIMEOUT_S", "2")  # polled every 0.5 s
+    study, lines, tid, path, final_job, store_it = _resplit_study(tiny_spec_dict, tmp_path)
+    other, _ = ts.acquire(path, tid, "other-run")
+    assert final_job() is None  # another study is training it: this seed's final waits
+    assert study._resplit_waiting and not study._resplit_claims
+    assert f"waiting for teacher {tid}, being trained by run other-run" in "\n".join(lines)
+    store_it()
+    ts.release(other)
+    job = final_job()
+    assert (job.role, job.teacher_id) == ("final", tid)
+    assert not study._resplit_waiting and not study._resplit_claims  # trained once, there
+    assert any(line.startswith(f"teacher {tid}: reusing ") for line in lines)
+
+
+def test_a_stale_claim_on_a_split_teacher_is_taken_over(tiny_spec_dict, tmp_path, monkeypatch):
+    monkeypatch.setenv("KDTUNE_CLAIM_TIMEOUT_S", "2")
+    study, lines, tid, path, final_job, _ = _resplit_study(tiny_spec_dict, tmp_path)
+    _write_claim(path, heartbeat=time.time() - 60)  # its study was killed a minute ago
+    job = final_job()
+    assert (job.role, job.teacher_id) == ("teacher", tid)
+    assert f"teacher {tid}: took over the claim of run killed-run" in "\n".join(lines)
+    assert ts.read_claim(path)["token"] == study._resplit_claims[tid].token
+
+
+def test_the_students_searcher_does_not_finish_while_a_split_teacher_is_awaited():
+    from ray.tune.search import Searcher
+
+    from kdtune.multisearch import StudySearcher
+
+    waiting = [True]
+    searcher = StudySearcher([], lambda searched: [], lambda c: (), waiting=lambda: waiting[0])
+    assert searcher.suggest("t1") is None  # nothing to hand out yet, but not finished
+    waiting[0] = False
+    assert searcher.suggest("t2") == Searcher.FINISHED
+
+
 # --- two studies on one storage -------------------------------------------------------------
 def _spec(tiny_spec_dict: dict, datasets: int) -> dict:
     """The smallest study that needs a teacher per dataset: scratch and rkd, one search trial
