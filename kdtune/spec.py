@@ -55,9 +55,6 @@ KNOB_FIELDS = ("max_train", "classes", "label_noise", "resolution", "channels", 
                "clutter")
 
 
-_LATER_FIELDS = set(KNOB_FIELDS) - {"max_train"} | {"path"}
-
-
 class DatasetSpec(_Strict):
     name: str
     path: str | None = None  # imagefolder only: one sub-folder per class

@@ -167,29 +167,37 @@ def _node_id() -> str:
 
 
 def _inject_fault(config: dict[str, Any], epoch: int) -> None:
-    """Test hook: ``KDTUNE_FAULT=kind:method:epoch[:marker_dir]`` breaks a trial on purpose.
+    """Test hook: ``KDTUNE_FAULT=kind:method:epoch[:marker_dir][,...]`` breaks a trial on
+    purpose (several faults separated by commas).
 
     ``raise`` raises in the trial (a bug); ``kill`` ends the worker process at once (a crashed
-    node), only once per trial when a marker folder is given, so the retry can succeed.
-    Used by the fault-tolerance tests; unset in normal use.
+    node); ``damage`` truncates the trial's last checkpoint, then ends the worker (a node that
+    died mid-write), so Tune's retry finds a checkpoint it cannot restore. With a marker folder,
+    only once per trial, so the retry can succeed. Used by the fault-tolerance tests; unset in
+    normal use.
     """
-    fault = os.environ.get("KDTUNE_FAULT")
-    if not fault:
-        return
-    kind, method, at_epoch, *rest = fault.split(":")
-    if method != config.get("method") or epoch != int(at_epoch):
-        return
-    if rest:
-        marker = Path(rest[0]) / f"{kind}-{config.get('role')}-{config.get('seed')}-" \
-                                  f"{config.get('alpha')}-{config.get('lr')}"
-        if marker.exists():
-            return
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
-    if kind == "raise":
-        raise RuntimeError(f"injected fault in {method} at epoch {epoch}")
-    if kind == "kill":
-        os._exit(137)
+    for fault in filter(None, os.environ.get("KDTUNE_FAULT", "").split(",")):
+        kind, method, at_epoch, *rest = fault.split(":")
+        if method != config.get("method") or epoch != int(at_epoch):
+            continue
+        if rest:
+            marker = Path(rest[0]) / f"{kind}-{config.get('role')}-{config.get('seed')}-" \
+                                      f"{config.get('alpha')}-{config.get('lr')}"
+            if marker.exists():
+                continue
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        if kind == "raise":
+            raise RuntimeError(f"injected fault in {method} at epoch {epoch}")
+        if kind == "damage":
+            from ray import tune
+
+            checkpoint = tune.get_checkpoint()
+            if checkpoint is not None:
+                state = Path(checkpoint.path) / "state.pt"
+                state.write_bytes(state.read_bytes()[:state.stat().st_size // 2])
+        if kind in ("kill", "damage"):
+            os._exit(137)
 
 
 def accuracy_json(values: dict[Any, float]) -> str:

@@ -42,9 +42,11 @@ def test_a_killed_worker_is_restarted_from_its_checkpoint(tiny_spec_dict, write_
     storage = tmp_path / "runs"
     # every rkd trial's worker process dies once, after training epoch 2 but before reporting
     # it: the last checkpoint is epoch 1, so a restart from scratch would report epoch 1 again
-    # Tune's own per-trial result.json (off by default) shows the epochs as reported
+    # Tune's own per-trial result.json (off by default) shows the epochs as reported. Every
+    # scratch trial's worker dies the same way, having first cut its epoch-1 checkpoint in
+    # half: Tune's retry cannot restore it, and the trial starts over from epoch 0
     proc = _kdtune("run", str(write_spec(tiny_spec_dict)), "--storage", str(storage),
-                   env={"KDTUNE_FAULT": f"kill:rkd:2:{markers}",
+                   env={"KDTUNE_FAULT": f"kill:rkd:2:{markers},damage:scratch:2:{markers}",
                         "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0"})
     output = proc.communicate(timeout=900)[0]
     assert proc.returncode == 0, output[-4000:]
@@ -57,15 +59,23 @@ def test_a_killed_worker_is_restarted_from_its_checkpoint(tiny_spec_dict, write_
     assert len(ids) == len(set(ids)) == 1 + 1 + 2 + 2
     assert all(r["status"] == "finished" for r in rows)
     killed = [r for r in rows if r["method"] == "rkd"]
-    assert len(list(markers.iterdir())) == len(killed) == 3  # each was killed once
-    for r in killed:
+    damaged = [r for r in rows if r["method"] == "scratch"]
+    assert len(list(markers.glob("kill-*"))) == len(killed) == 3  # each was killed once
+    assert len(list(markers.glob("damage-*"))) == len(damaged) == 2
+    for r in killed + damaged:
         assert r["restarts"] == 1 and r["epochs_run"] == 4
         assert sorted(e["epoch"] for e in epochs if e["trial_id"] == r["trial_id"]) == [1, 2, 3,
                                                                                          4]
         tune_id = r["trial_id"].split(":", 1)[1]
-        assert _tune_epochs(run_dir, tune_id) == [1, 2, 3, 4]  # resumed, not restarted
-    assert all(r["restarts"] == 0 for r in rows if r["method"] != "rkd")
+        # resumed from epoch 1's checkpoint, or, where it was damaged, trained again from 0
+        assert _tune_epochs(run_dir, tune_id) == ([1, 2, 3, 4] if r in killed
+                                                  else [1, 1, 2, 3, 4])
+    assert all(r["restarts"] == 0 for r in rows if r["method"] not in ("rkd", "scratch"))
     assert "restarted 1x from its checkpoint" in output
+    restarted = [line for line in output.splitlines()
+                 if "its checkpoint was damaged" in line and "restarted from epoch 0" in line]
+    assert len(restarted) == 2, output[-4000:]
+    assert not any("Traceback" in line or "weights_only" in line for line in restarted)
 
 
 def _kill_session(session: int) -> None:
