@@ -39,6 +39,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from early_stopping_record import finished_runs  # noqa: E402  (benchmarks/, beside this file)
+
 METHODS = ["scratch", "rkd"]
 
 
@@ -61,18 +63,6 @@ def level_spec(level: float, seed: int, trials: int, warm: list[str] | None,
                          "optimizer": "sgd", "lr": 0.05, "momentum": 0.9,
                          "weight_decay": 0.0005, "augmentation": "none"},
             "search": search, "final": {"seeds": [0]}, "resources": {"cpus": 1, "gpus": 0}}
-
-
-def finished_runs(storage: Path) -> dict[str, Path]:
-    out = {}
-    for meta in sorted(storage.glob("*/run.json")):
-        try:
-            info = json.loads(meta.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if info.get("status") == "finished" and info.get("study"):
-            out[info["study"]] = meta.parent
-    return out
 
 
 def run_sweep(storage: Path, levels: list[float], seeds: list[int], trials: int,

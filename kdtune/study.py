@@ -565,8 +565,7 @@ class Study:
                                  else 0))
         # the split teachers claimed as final runs ask for them are renewed while the stage
         # runs, and dropped when it ends, however it ends
-        claims = _LiveClaims(self._resplit_claims)
-        with teacher_store.Heartbeat(claims, self.log):
+        with teacher_store.Heartbeat(self._resplit_claims.values(), self.log):
             fit_stage(train, spec, self.tune_dir, "students", {}, bound, callback,
                       searcher=StudySearcher(parts, self._pending,
                                              lambda c: TrialJob.from_config(c).key(),
@@ -624,17 +623,6 @@ class Study:
         self.progress.summary(console.summary(self.store.trials, gains, wall, trends))
         self.progress.summary(f"report: {report}")
         return self.run_dir
-
-
-class _LiveClaims:
-    """The claims of a dict that grows while a stage runs, as :class:`teacher_store.Heartbeat`
-    iterates them (a snapshot each time: the driver adds claims from Tune's thread)."""
-
-    def __init__(self, claims: dict[str, teacher_store.Claim]) -> None:
-        self.claims = claims
-
-    def __iter__(self):
-        return iter(list(self.claims.values()))
 
 
 def _holder(claim: dict[str, Any]) -> str:

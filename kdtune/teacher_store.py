@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -334,14 +334,15 @@ class Heartbeat:
     :func:`heartbeat_every` seconds; on leaving it (the teachers stored, or a failure, or
     Ctrl-C) the claims are released."""
 
-    def __init__(self, claims: list[Claim], log: Callable[[str], None]) -> None:
+    def __init__(self, claims: Iterable[Claim], log: Callable[[str], None]) -> None:
         self.claims, self.log = claims, log
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="kdtune-claims", daemon=True)
 
     def _beat(self) -> None:
         while not self._stop.wait(heartbeat_every()):
-            for claim in self.claims:
+            # a snapshot: the claims may be a live view another thread adds to
+            for claim in list(self.claims):
                 if claim.lost:
                     continue
                 try:
@@ -359,6 +360,6 @@ class Heartbeat:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
-        for claim in self.claims:
+        for claim in list(self.claims):
             with contextlib.suppress(OSError):
                 release(claim)

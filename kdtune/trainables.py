@@ -3,11 +3,11 @@
 Each is a plain ``fn(config, spec)`` that reads its :class:`~kdtune.job.TrialJob` from the
 config, builds the trial (:func:`kdtune.trial.build_trial`), runs the bare training loop of
 :mod:`kdtune.engine`, and reports validation accuracy (``tune.report``) every
-``scheduler.report_every_s`` seconds, each report carrying every epoch since the one before (every
-epoch for search trials an early-stopping rule watches), and a checkpoint every
-``scheduler.checkpoint_every_s``. A trial restarted by Tune resumes from its last checkpoint. The last report
-of a trial also carries its test accuracy, measured once training ends: it is recorded, never
-used to choose anything.
+``scheduler.report_every_s`` seconds, each report carrying every epoch since the one before
+(every epoch for search trials an early-stopping rule watches), and a checkpoint every
+``scheduler.checkpoint_every_s``. A trial restarted by Tune resumes from its last checkpoint.
+The last report of a trial also carries its test accuracy, measured once training ends: it is
+recorded, never used to choose anything.
 
 With augmentation off, the teacher's outputs on the whole training split are computed once per
 worker process and shared by every trial that has the same teacher, dataset and transfer set

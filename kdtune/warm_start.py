@@ -16,9 +16,11 @@ configs, and each search trial's row says where its config came from (``config_s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -206,30 +208,22 @@ def read_sources(runs: list[Location], auto: bool, log: Any) -> list[SourceSearc
     return sources
 
 
-class _local_copy:
+@contextlib.contextmanager
+def _local_copy(run: Location) -> Iterator[Path]:
     """A run directory as a local path: itself, or its kdtune files downloaded from a URI."""
-
-    def __init__(self, run: Location) -> None:
-        self.run, self._tmp = run, None
-
-    def __enter__(self) -> Path:
-        if not is_uri(self.run):
-            path = Path(self.run)
-            if not path.is_dir():
-                raise StorageError(f"search.warm_start: {path}: no such run directory")
-            return path.resolve()
-        self._tmp = tempfile.TemporaryDirectory(prefix="kdtune-warm-")
-        local = Path(self._tmp.name) / str(self.run).rstrip("/").rsplit("/", 1)[-1]
+    if not is_uri(run):
+        path = Path(run)
+        if not path.is_dir():
+            raise StorageError(f"search.warm_start: {path}: no such run directory")
+        yield path.resolve()
+        return
+    with tempfile.TemporaryDirectory(prefix="kdtune-warm-") as folder:
+        local = Path(folder) / str(run).rstrip("/").rsplit("/", 1)[-1]
         try:
-            download_tree(str(self.run), local, skip=("tune", "epochs.parquet", "optuna"))
+            download_tree(str(run), local, skip=("tune", "epochs.parquet", "optuna"))
         except OSError as error:
-            raise StorageError(f"search.warm_start: {self.run}: cannot read it "
-                               f"({error})") from None
-        return local
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
+            raise StorageError(f"search.warm_start: {run}: cannot read it ({error})") from None
+        yield local
 
 
 # --- the run directory's record -----------------------------------------------------------

@@ -6,8 +6,6 @@ epochs still reach ``epochs.parquet``. In-process, with a fake of what a trial s
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +15,7 @@ from kdtune.engine import TrainingDiverged
 from kdtune.job import TrialJob
 from kdtune.recorder import Recorder
 from kdtune.spec import parse_spec
+from tests.test_recorder import _Store, _Trial  # what the recorder sees of Tune and the store
 
 EPOCH_COLUMNS = ("epoch", "train_loss", "val_acc", "epoch_s", "wall_s", "reported_at")
 
@@ -30,33 +29,6 @@ class _Tune:
 
     def report(self, metrics, checkpoint=None):
         self.reports.append(dict(metrics))
-
-
-@dataclass
-class _Trial:
-    config: dict[str, Any]
-    last_result: dict[str, Any]
-    trial_id: str = "abc_00001"
-    num_failures: int = 0
-
-
-@dataclass
-class _Store:
-    run_dir: Path = Path("/runs/tiny-1")
-    trials: list[dict[str, Any]] = field(default_factory=list)
-    epochs: list[dict[str, Any]] = field(default_factory=list)
-
-    def add_epoch(self, row, replace=True):
-        # as rundir.ResultsStore: one row per (trial, epoch); replace=False keeps the first
-        key = (row["trial_id"], row["epoch"])
-        if any((r["trial_id"], r["epoch"]) == key for r in self.epochs):
-            if not replace:
-                return
-            self.epochs = [r for r in self.epochs if (r["trial_id"], r["epoch"]) != key]
-        self.epochs.append(row)
-
-    def finish_trial(self, row):
-        self.trials.append(row)
 
 
 def _spec(tiny_spec_dict: dict, **scheduler: Any):
