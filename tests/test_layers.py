@@ -111,3 +111,12 @@ def test_a_spec_is_checked_without_torch_or_ray(tmp_path, tiny_spec_dict):
                              "print('torch' in sys.modules, 'ray' in sys.modules)"],
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.stdout.strip() == "False False", result.stdout + result.stderr
+
+
+def test_a_trial_worker_does_not_import_torchvision_models():
+    # every trial worker imports kdtune.trainables when it starts; torchvision.models would cost
+    # each ~1.1 s of CPU (measured 2026-12-03) though only a trial tapping features needs it
+    result = subprocess.run([sys.executable, "-c", "import sys, kdtune.trainables\n"
+                             "print('torchvision.models' in sys.modules)"],
+                            capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stdout + result.stderr
