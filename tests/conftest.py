@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
 import yaml
+
+# Under pytest-xdist (-n 2) each worker gets its own Ray temp dir: a bare ray.init() joins the
+# newest cluster `ray start` left in <temp dir>/ray/ray_current_cluster, and session folders and
+# sockets live there too, so the other worker's test cluster must not be found from here.
+# Set before any test imports Ray; subprocesses (kdtune run, ray start) inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER") and "RAY_TMPDIR" not in os.environ:
+    os.environ["RAY_TMPDIR"] = f"/tmp/ray-{os.environ['PYTEST_XDIST_WORKER']}"
+    os.makedirs(os.environ["RAY_TMPDIR"], exist_ok=True)
 
 TINY_SPEC = {
     "study": "tiny",
