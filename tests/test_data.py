@@ -182,3 +182,22 @@ def test_cli_complexity_of_a_bad_image_folder_exits_2(tmp_path, capsys):
     assert main(["complexity", "imagefolder", "--path", str(tmp_path / "solo")]) == 2
     err = capsys.readouterr().err.strip()
     assert "solo" in err and "at least two" in err and "\n" not in err
+
+
+def test_digits_read_directly_equal_scikit_learns_loader(monkeypatch):
+    from sklearn.datasets import load_digits
+
+    from kdtune import data
+
+    assert data._digits_csv() is not None  # else the test below compares the fallback to itself
+    images, labels, classes = data._load_digits(None, False)
+    bunch = load_digits()
+    assert classes == 10 and images.shape == (1797, 1, 8, 8) and images.dtype == np.uint8
+    np.testing.assert_array_equal(labels, bunch.target)
+    np.testing.assert_array_equal(images[:, 0], np.clip(bunch.images * 16.0, 0, 255)
+                                  .astype(np.uint8))
+    # and the fallback, for a scikit-learn that keeps the file elsewhere, gives the same
+    monkeypatch.setattr(data, "_digits_csv", lambda: None)
+    fallback, fallback_labels, _ = data._load_digits(None, False)
+    np.testing.assert_array_equal(fallback, images)
+    np.testing.assert_array_equal(fallback_labels, labels)
