@@ -158,11 +158,16 @@ def use_cached_teacher(distiller: Distiller, splits: Splits, key: tuple, budget:
 
 
 def _node_id() -> str:
-    try:
-        import ray
+    """The Ray node a trial runs on; ``local`` outside Ray (a trial run bare, as in tests)."""
+    import ray
 
+    # asked outside a session, get_runtime_context() starts one: a 4-s embedded cluster that
+    # a bare run (a test) then leaves behind for whatever comes next in that process
+    if not ray.is_initialized():
+        return "local"
+    try:
         return ray.get_runtime_context().get_node_id()
-    except Exception:  # noqa: BLE001 - outside Ray (tests) there is no node
+    except Exception:  # noqa: BLE001 - a driver-less context has no node id
         return "local"
 
 

@@ -78,6 +78,17 @@ def test_a_short_trial_reports_once_and_every_epoch_gets_its_row(tiny_spec_dict,
     assert row["status"] == "finished" and row["epochs_run"] == 3
 
 
+def test_a_trial_run_bare_starts_no_ray_session(tiny_spec_dict, monkeypatch):
+    """Outside Ray a trial's node is ``local``: asking Ray's runtime context for it there
+    would start an embedded cluster (4 s) and leave it to whatever runs next in the process."""
+    import ray
+
+    ray.shutdown()
+    reports = _train(_spec(tiny_spec_dict, report_every_s=0), FINAL, monkeypatch)
+    assert not ray.is_initialized()
+    assert {r["node_id"] for r in reports} == {"local"}
+
+
 def test_report_every_s_0_reports_every_epoch(tiny_spec_dict, monkeypatch):
     spec = _spec(tiny_spec_dict, report_every_s=0)
     reports = _train(spec, FINAL, monkeypatch)

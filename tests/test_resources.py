@@ -311,7 +311,10 @@ def test_ray_client_without_grpcio_says_what_to_install(tiny_spec_dict, write_sp
 def test_an_unreachable_ray_client_address_is_one_line(tiny_spec_dict, write_spec, tmp_path,
                                                        capsys, monkeypatch):
     pytest.importorskip("grpc")
+    import ray
     import ray.util.client.worker as client_worker
+
+    ray.shutdown()  # a process without Ray, whatever ran before in it
 
     from kdtune.cli import main
 
@@ -324,7 +327,7 @@ def test_an_unreachable_ray_client_address_is_one_line(tiny_spec_dict, write_spe
     err = capsys.readouterr().err.strip()
     assert err.startswith("kdtune: error: --address ray://127.0.0.1:9: cannot connect")
     assert "\n" not in err and not (tmp_path / "runs").exists()
-    import ray  # and this process can still start an embedded Ray afterwards
+    # and this process can still start an embedded Ray afterwards
 
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     ray.shutdown()
