@@ -221,9 +221,13 @@ def test_tiny_study_on_an_s3_server(tiny_spec_dict, write_spec, tmp_path: Path):
         env = dict(os.environ, AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="kdtune",
                    AWS_SECRET_ACCESS_KEY="kdtune", AWS_DEFAULT_REGION="us-east-1",
                    AWS_EC2_METADATA_DISABLED="true")
+        # the first request makes moto load its S3 backend: 3 s and more on a loaded machine,
+        # where the AWS SDK's default 3-s request timeout failed this test's bucket creation
+        # (2026-12-04, a fresh clone's suite at load 2.6); kdtune's requests come after it
         s3 = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", access_key="kdtune",
                                secret_key="kdtune", region="us-east-1",
-                               allow_bucket_creation=True)
+                               allow_bucket_creation=True, request_timeout=60,
+                               connect_timeout=10)
         s3.create_dir("kdtune-bucket")
 
         def kdtune(*args: str, staging: str = "staging") -> str:
