@@ -72,6 +72,9 @@ class Recorder(Callback):
         if result.get("checkpoint_damaged"):  # kdtune.trainables._restore could not use it
             self.log(f"{self._base(trial, job)['trial_id']}: its checkpoint was damaged "
                      f"({result['checkpoint_damaged']}); restarted from epoch 0")
+        if result.get("resumed_from_epoch") is not None:  # a retried or resumed trial
+            self.log(f"{self._base(trial, job)['trial_id']}: restarted from its checkpoint of "
+                     f"epoch {result['resumed_from_epoch']}")
         for epoch in epochs:
             self._epoch(trial, job, epoch)
 

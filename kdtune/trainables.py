@@ -253,9 +253,13 @@ def _run(config: dict[str, Any], spec: StudySpec, *, data: list[Any] | None = No
             return use_cached_teacher(distiller, splits, key, budget)
 
     trial = build_trial(spec, job, splits, device, teacher, cache)
-    damaged = None
+    damaged = resumed_from = None
     try:
         start_epoch, generator_state, history = _restore(trial, device)
+        # said once, with the first report: the driver logs where a retried trial resumed
+        # (Tune's own result.json cannot show it: on a retry Tune copies the storage's older
+        # copy over the driver's, which can drop the epochs reported before the crash)
+        resumed_from = start_epoch if tune.get_checkpoint() is not None else None
     except DamagedCheckpoint as error:
         # recovery without loss: this trial starts over, as it first did; the driver logs it
         damaged = str(error)
@@ -284,11 +288,14 @@ def _run(config: dict[str, Any], spec: StudySpec, *, data: list[Any] | None = No
                                           "teacher_outputs": trial.teacher_outputs}
             if damaged is not None:  # said once, with the first epoch of the new start
                 metrics["checkpoint_damaged"], damaged = damaged, None
+            if resumed_from is not None:
+                metrics["resumed_from_epoch"], resumed_from = resumed_from, None
             history.append({k: metrics[k] for k in EPOCH_METRICS if k in metrics})
             unreported.append(history[-1])
             last = report.epoch == trial.budget.epochs
             checkpoint_due = last or time.perf_counter() - checkpointed >= every_s
             if not (checkpoint_due or metrics.get("checkpoint_damaged")
+                    or "resumed_from_epoch" in metrics
                     or time.perf_counter() - reported >= report_s):
                 continue
             if len(unreported) > 1:  # the driver writes a row for each

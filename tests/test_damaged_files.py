@@ -242,6 +242,9 @@ def test_a_trial_resumes_from_its_checkpoint(trial_spec, monkeypatch, tmp_path):
     resumed = _train(trial_spec, monkeypatch, tmp_path / "b", first.saved[0])
     assert [r["epoch"] for r in resumed.reports] == [2, 3]
     assert "checkpoint_damaged" not in resumed.reports[0]
+    # said once, so the driver can log where the trial resumed
+    assert resumed.reports[0]["resumed_from_epoch"] == 1
+    assert all("resumed_from_epoch" not in r for r in first.reports + resumed.reports[1:])
     assert [r["train_loss"] for r in resumed.reports] == pytest.approx(
         [r["train_loss"] for r in first.reports[1:]], rel=1e-5)
 
@@ -267,6 +270,7 @@ def test_a_trial_with_a_damaged_checkpoint_starts_over(trial_spec, how, monkeypa
     reason = again.reports[0]["checkpoint_damaged"]
     assert reason and "weights_only" not in reason and "\n" not in reason
     assert all("checkpoint_damaged" not in r for r in again.reports[1:])
+    assert all("resumed_from_epoch" not in r for r in again.reports)
     # the same trial as a fresh one: built again, not left half-restored
     assert [r["train_loss"] for r in again.reports] == pytest.approx(
         [r["train_loss"] for r in first.reports], rel=1e-5)
@@ -300,3 +304,6 @@ def test_the_driver_logs_a_trial_that_started_over(tiny_spec_dict):
                                             "checkpoint_damaged": "no state.pt in it"})
     assert lines == ["final:abc_00001: its checkpoint was damaged (no state.pt in it); "
                      "restarted from epoch 0"]
+    recorder.on_trial_result(0, [], trial, {"epoch": 2, "val_acc": 50.0,
+                                            "resumed_from_epoch": 1})
+    assert lines[1:] == ["final:abc_00001: restarted from its checkpoint of epoch 1"]

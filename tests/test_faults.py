@@ -24,14 +24,6 @@ def _kdtune(*args: str, env: dict[str, str] | None = None, **kwargs) -> subproce
                             env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})), **kwargs)
 
 
-def _tune_epochs(run_dir: Path, trial_id: str) -> list[int]:
-    """The epochs Tune's own record (result.json) of one trial holds, in order."""
-    (result,) = [p for p in (run_dir / "tune").glob("*/*/result.json")
-                 if trial_id in p.parent.name]
-    return [json.loads(line)["epoch"] for line in result.read_text().splitlines()
-            if line.strip() and "epoch" in json.loads(line)]
-
-
 def test_a_killed_worker_is_restarted_from_its_checkpoint(tiny_spec_dict, write_spec,
                                                           tmp_path):
     tiny_spec_dict.update(methods=["scratch", "rkd"], final={"seeds": [0]})
@@ -41,13 +33,13 @@ def test_a_killed_worker_is_restarted_from_its_checkpoint(tiny_spec_dict, write_
     markers = tmp_path / "killed"
     storage = tmp_path / "runs"
     # every rkd trial's worker process dies once, after training epoch 2 but before reporting
-    # it: the last checkpoint is epoch 1, so a restart from scratch would report epoch 1 again
-    # Tune's own per-trial result.json (off by default) shows the epochs as reported. Every
-    # scratch trial's worker dies the same way, having first cut its epoch-1 checkpoint in
-    # half: Tune's retry cannot restore it, and the trial starts over from epoch 0
+    # it: the last checkpoint is epoch 1, and the retry resumes from it (the driver logs the
+    # epoch the worker restored). Every scratch trial's worker dies the same way, having first
+    # cut its epoch-1 checkpoint in half: Tune's retry cannot restore it, and the trial starts
+    # over from epoch 0. (Not Tune's own result.json: on a retry Tune copies the storage's
+    # copy over the driver's, and a copy older than epoch 1 drops it - CI, 2026-12-04.)
     proc = _kdtune("run", str(write_spec(tiny_spec_dict)), "--storage", str(storage),
-                   env={"KDTUNE_FAULT": f"kill:rkd:2:{markers},damage:scratch:2:{markers}",
-                        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0"})
+                   env={"KDTUNE_FAULT": f"kill:rkd:2:{markers},damage:scratch:2:{markers}"})
     output = proc.communicate(timeout=900)[0]
     assert proc.returncode == 0, output[-4000:]
     (run_dir,) = storage.glob("tiny-*")
@@ -66,10 +58,11 @@ def test_a_killed_worker_is_restarted_from_its_checkpoint(tiny_spec_dict, write_
         assert r["restarts"] == 1 and r["epochs_run"] == 4
         assert sorted(e["epoch"] for e in epochs if e["trial_id"] == r["trial_id"]) == [1, 2, 3,
                                                                                          4]
-        tune_id = r["trial_id"].split(":", 1)[1]
-        # resumed from epoch 1's checkpoint, or, where it was damaged, trained again from 0
-        assert _tune_epochs(run_dir, tune_id) == ([1, 2, 3, 4] if r in killed
-                                                  else [1, 1, 2, 3, 4])
+    # resumed from epoch 1's checkpoint, or, where it was damaged, trained again from 0
+    resumed = [line for line in output.splitlines()
+               if "restarted from its checkpoint of epoch 1" in line]
+    assert sorted(line.split(": ")[0].split()[-1] for line in resumed) == sorted(
+        r["trial_id"] for r in killed), output[-4000:]
     assert all(r["restarts"] == 0 for r in rows if r["method"] not in ("rkd", "scratch"))
     assert "restarted 1x from its checkpoint" in output
     restarted = [line for line in output.splitlines()
