@@ -89,14 +89,11 @@ def run_kdtune(spec, spec_text: str, storage: Path, log) -> tuple[Path, float, d
         wall = time.perf_counter() - started - report_s[0]
     finally:
         kdtune.report.build_report = real_report
-    # the teachers' Tuner runs from its stage line to the first search's
+    # one Tuner trains the teachers and runs every search and final run: from the first
+    # stage line (the plan of the searches) to the end
     marks = [t for t, line in stamps if line.startswith("stage ")]
-    teacher = [t for t, line in stamps if line.startswith("stage teachers")]
-    if teacher:
-        phases["teachers"] = min(t for t in marks if t > teacher[0]) - teacher[0]
-    students = [t for t, line in stamps if line.startswith("stage search")]
-    if students:
-        phases["students"] = started + wall - students[0]
+    if marks:
+        phases["tuner"] = started + wall - marks[0]
     phases["report (excluded)"] = report_s[0]
     return study.run_dir, wall, phases
 
@@ -203,17 +200,19 @@ def run_bare(spec, run_dir: Path, processes: int) -> tuple[float, dict[str, floa
                                                           dict[str, float]]:
     """(wall seconds, seconds per phase, seconds per trial) of the same trials without Ray.
 
-    Scheduled as kdtune schedules them: the teachers first (students need them); then every
-    search trial in order and each search's final runs once that search is done, a free
-    process taking the first ready trial.
+    Scheduled as kdtune schedules them: the teachers first; a search trial once its teacher
+    is trained (a scratch search needs none and starts beside the teachers); each search's
+    final runs once that search is done; a free process takes the first ready trial.
     """
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+    from kdtune import methods
     from kdtune.preflight import check_datasets
 
     teachers, students = bare_jobs(run_dir)
     phases: dict[str, float] = {}
     per_trial: dict[str, float] = {}
+    taught = {m for m in spec.methods if methods.trial_models(spec, m)[1] is not None}
     with tempfile.TemporaryDirectory() as teacher_dir:
         started = time.perf_counter()
         check_datasets(spec)  # what kdtune's driver does before any trial, for the same cost
@@ -221,20 +220,23 @@ def run_bare(spec, run_dir: Path, processes: int) -> tuple[float, dict[str, floa
                                  initializer=_bare_init,
                                  initargs=(spec.model_dump_json(exclude_unset=True), teacher_dir,
                                            max(1, int(spec.resources.cpus)))) as pool:
-            t = time.perf_counter()
-            for trial_id, seconds in pool.map(_bare_trial, teachers):
-                per_trial[trial_id] = seconds
-            phases["teachers"] = time.perf_counter() - t
-            t = time.perf_counter()
             left = {j["search"]: sum(1 for k in students if k["role"] == "search"
                                      and k["search"] == j["search"]) for j in students}
-            queue, running = list(students), {}
+            untrained = {j["dataset_index"] for j in teachers}
+
+            def ready(job: dict[str, Any]) -> bool:
+                if job["role"] == "teacher":
+                    return True
+                if job["method"] in taught and job["dataset_index"] in untrained:
+                    return False
+                return job["role"] == "search" or not left[job["search"]]
+
+            queue, running = list(teachers) + list(students), {}
             while queue or running:
                 while len(running) < processes:
-                    ready = [j for j in queue if j["role"] == "search" or not left[j["search"]]]
-                    if not ready:
+                    job = next((j for j in queue if ready(j)), None)
+                    if job is None:
                         break
-                    job = ready[0]
                     queue.remove(job)
                     running[pool.submit(_bare_trial, job)] = job
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -242,9 +244,11 @@ def run_bare(spec, run_dir: Path, processes: int) -> tuple[float, dict[str, floa
                     job = running.pop(future)
                     trial_id, seconds = future.result()
                     per_trial[trial_id] = seconds
-                    if job["role"] == "search":
+                    if job["role"] == "teacher":
+                        untrained.discard(job["dataset_index"])
+                    elif job["role"] == "search":
                         left[job["search"]] -= 1
-            phases["students"] = time.perf_counter() - t
+            phases["trials"] = time.perf_counter() - started
         wall = time.perf_counter() - started
     return wall, phases, per_trial
 

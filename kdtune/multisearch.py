@@ -29,12 +29,14 @@ from ray.tune.search import Searcher
 @dataclass
 class SearchPart:
     """One (dataset, method) search: ``trials`` suggestions from ``searcher`` (an OptunaSearch
-    behind a ConcurrencyLimiter) merged with ``constants``."""
+    behind a ConcurrencyLimiter) merged with ``constants``, once ``ready`` (its teacher is
+    stored)."""
 
     stage: str
     searcher: Searcher
     trials: int
     constants: dict[str, Any]
+    ready: Callable[[], bool] = lambda: True
     suggested: int = 0
     running: set[str] = field(default_factory=set)
 
@@ -49,19 +51,25 @@ JobKey = Callable[[dict[str, Any]], tuple]
 
 
 class StudySearcher(Searcher):
-    """Hands out the trials of several searches, in order, then what ``pending`` says the study
-    needs (each job once: a job in flight or done is never handed out again)."""
+    """Hands out what ``first`` says the study needs before its searches (the teachers they
+    wait for), then the trials of several searches, in order, each once it is ready, then what
+    ``pending`` says the study needs (each job once: a job in flight or done is never handed
+    out again; ``ended`` hears of each of those jobs' end)."""
 
     def __init__(self, parts: list[SearchPart], pending: Pending, key: JobKey,
                  metric: str = "val_acc", mode: str = "max",
-                 waiting: Callable[[], bool] = lambda: False) -> None:
+                 waiting: Callable[[], bool] = lambda: False,
+                 first: Callable[[], list[dict[str, Any]]] = list,
+                 ended: Callable[[dict[str, Any], bool], None] = lambda job, error: None
+                 ) -> None:
         super().__init__(metric=metric, mode=mode)
         self.parts, self.pending, self.key = parts, pending, key
-        # True while the study waits for something outside this Tuner (a split's teacher
-        # another study is training): not finished yet, though nothing is in flight
+        # True while the study waits for something outside this Tuner (a teacher another
+        # study is training): not finished yet, though nothing is in flight
         self.waiting = waiting
+        self.first, self.ended = first, ended
         self._owner: dict[str, SearchPart] = {}  # search trial -> its search
-        self._in_flight: dict[str, tuple] = {}  # other trial -> its job's key
+        self._in_flight: dict[str, dict[str, Any]] = {}  # other trial -> its job
         self._handed: set[tuple] = set()  # every job key handed out
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
@@ -71,15 +79,23 @@ class StudySearcher(Searcher):
         """The stages of the searches that are done."""
         return {p.stage for p in self.parts if not p.searching}
 
-    def _next_job(self) -> dict[str, Any] | None:
-        for job in self.pending(self.searched()):
+    def _unhanded(self, jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
+        for job in jobs:
             if self.key(job) not in self._handed:
                 return job
         return None
 
+    def _hand_out(self, trial_id: str, job: dict[str, Any]) -> dict[str, Any]:
+        self._handed.add(self.key(job))
+        self._in_flight[trial_id] = job
+        return job
+
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        for part in self.parts:  # searches first, in order: the final runs wait for them
-            if part.suggested < part.trials:
+        job = self._unhanded(self.first())
+        if job is not None:
+            return self._hand_out(trial_id, job)
+        for part in self.parts:  # searches next, in order: the final runs wait for them
+            if part.suggested < part.trials and part.ready():
                 config = part.searcher.suggest(trial_id)
                 if config == Searcher.FINISHED:
                     part.trials = part.suggested  # it has nothing more to give
@@ -89,12 +105,9 @@ class StudySearcher(Searcher):
                 part.running.add(trial_id)
                 self._owner[trial_id] = part
                 return part.constants | config | {"stage": part.stage}
-        job = self._next_job()
+        job = self._unhanded(self.pending(self.searched()))
         if job is not None:
-            key = self.key(job)
-            self._handed.add(key)
-            self._in_flight[trial_id] = key
-            return job
+            return self._hand_out(trial_id, job)
         if not any(p.searching for p in self.parts) and not self._in_flight \
                 and not self.waiting():
             return Searcher.FINISHED
@@ -113,7 +126,9 @@ class StudySearcher(Searcher):
         if part is not None:
             part.searcher.on_trial_complete(trial_id, result=result, error=error)
             part.running.discard(trial_id)
-        self._in_flight.pop(trial_id, None)
+        job = self._in_flight.pop(trial_id, None)
+        if job is not None:
+            self.ended(job, error)
 
     # Nothing to save: a resumed run rebuilds its searches from trials.parquet and the Optuna
     # journal, not from Tune's experiment state (also when Tune wraps this searcher in a

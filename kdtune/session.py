@@ -79,8 +79,28 @@ def init_ray(address: str | None, log: Callable[[str], None]) -> None:
         from ray._private import ray_constants
 
         ray_constants.ENABLE_RAY_CLUSTER = False  # read by this process, already imported
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
-                 logging_level=logging.WARNING, log_to_driver=False)
+        _start_embedded(log)
         where = "embedded Ray"
     stop_on_sigterm()
     log(f"Ray: {where}, {cluster_summary()[0]} ({time.perf_counter() - started:.1f}s)")
+
+
+def _start_embedded(log: Callable[[str], None], attempts: int = 2) -> None:
+    """``ray.init`` of an embedded Ray on loopback, tried again once when its node did not
+    come up in time: Ray waits a fixed 30 s for its raylet to register, and on a loaded 2-core
+    machine (a test suite, another study) it once took longer (2026-12-06, this project's
+    suite: "The current node timed out during startup")."""
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
+                     _node_ip_address="127.0.0.1", logging_level=logging.WARNING,
+                     log_to_driver=False)
+            return
+        except Exception as exc:  # Ray raises a bare Exception for this one
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+            ray.shutdown()
+            log(f"Ray: its node did not start within Ray's 30 s (machine busy?); "
+                f"trying once more ({exc.__class__.__name__})")

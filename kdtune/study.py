@@ -64,7 +64,7 @@ from kdtune.rundir import (
     write_text_atomic,
 )
 from kdtune.search import copy_searches_to_journal
-from kdtune.session import check_stop, init_ray
+from kdtune.session import init_ray
 from kdtune.spec import DatasetSpec, SpecError, StudySpec, parse_spec
 from kdtune.storage import (
     Location,
@@ -111,10 +111,19 @@ class Study:
         self._pool_refs: list[Any] | None = None  # final.resplit: the images before splitting
         self._teacher_refs: dict[str, Any] = {}
         self._said: set[tuple] = set()
-        # final.resplit: the per-split teachers this study claimed (renewed while the students
-        # stage runs), and those another study is training, with when to look again
-        self._resplit_claims: dict[str, teacher_store.Claim] = {}
-        self._resplit_waiting: dict[str, float] = {}
+        # the pretrained models this study claimed (renewed while the students' Tuner runs),
+        # those another study is training, with when to look again and who holds them
+        self._claims: dict[str, teacher_store.Claim] = {}
+        self._waiting: dict[str, float] = {}
+        self._holders: dict[str, dict[str, Any]] = {}
+        # the spec's pretrained models not stored when the study began (id -> dataset index,
+        # model): trained inside the students' Tuner, or waited for; those whose trial ended;
+        # those whose training failed
+        self._unready: dict[str, tuple[int, str]] = {}
+        self._ended: set[str] = set()
+        self._failed: list[str] = []
+        self._parts: list[Any] = []  # the students' Tuner's searches (SearchPart)
+        self._said_training: set[str] = set()
         self.trackers: tracking.Trackers | None = None  # opened when the run starts
         # each search stage's warm-start configs (kdtune.warm_start), chosen when it started
         self.warm: dict[str, list[WarmConfig]] = {}
@@ -242,45 +251,29 @@ class Study:
 
     # --- stages -------------------------------------------------------------------------
     def _teachers(self, model: str = "teacher") -> dict[int, tuple[str, Location]]:
-        """Train (or reuse) the pretrained models of one spec architecture: ``teacher``, or
+        """The pretrained models of one spec architecture, by dataset index: ``teacher``, or
         ``student`` for the pretrained copy of the student that teaches self/reversed.
 
-        One teacher, one training, across studies: before training a teacher, the study
-        claims it in the teacher store (:mod:`kdtune.teacher_store`). It trains, in one Tune
-        stage, those it could claim; then waits for those another study is training and
-        reuses them; one whose claim goes stale (that study was killed) or is dropped without
-        a teacher (its training failed) is claimed and trained in another pass."""
-        spec = self.spec
+        One teacher, one training, across studies. A stored one is reused (and recorded as
+        such); the others go to ``_unready``, and the students' Tuner trains them (as its
+        first trials, each claimed in the teacher store before its training) or waits for the
+        study that holds their claim (:meth:`_teacher_jobs`). No Tune run of their own: a
+        teachers stage cost a cold start of every trial worker (~11 s of a tiny study's 50 s,
+        measured 2026-12-04), and the searches of methods that need no teacher wait for none."""
         method = methods.PRETRAINED[model]
-        stage = "teachers" if model == "teacher" else "teachers-student"
+        stage = _teacher_stage(model)
         out: dict[int, tuple[str, Location]] = {}
-        needed: dict[str, int] = {}  # teacher id -> the first dataset index it is for
-        for index, ds in enumerate(spec.datasets):
-            tid = spec.teacher_id(ds, model)
-            path = teacher_path(spec.storage, tid)
+        for index, ds in enumerate(self.spec.datasets):
+            tid = self.spec.teacher_id(ds, model)
+            path = teacher_path(self.spec.storage, tid)
             out[index] = (tid, path)
+            if tid in self._unready:
+                continue
             if self._stored(index, model, path):  # checked once (plan_resources)
                 self.log(f"{method} {tid}: reusing {path}")
                 self._record_reused_teacher(index, tid, path, method, stage)
-            elif tid not in needed:
-                needed[tid] = index
-        while needed:
-            claims, held = {}, {}
-            for tid, index in needed.items():
-                claim, holder = teacher_store.acquire(out[index][1], tid, self.run_dir.name)
-                if claim is None:
-                    held[tid] = holder
-                    continue
-                claims[tid] = claim
-                if holder is not None:  # a stale claim, or this run's own from a killed process
-                    self.log(f"{method} {tid}: took over the claim of run "
-                             f"{_holder(holder)}, whose heartbeat stopped "
-                             f"{time.time() - float(holder.get('heartbeat', 0)):.0f} s ago")
-            if claims:
-                self._train_teachers(model, {tid: needed[tid] for tid in claims}, out,
-                                     list(claims.values()))
-            needed = self._wait_for_teachers(model, {tid: needed[tid] for tid in held}, held,
-                                             out)
+            else:
+                self._unready[tid] = (index, model)
         return out
 
     def _stored(self, index: int, model: str, path: Location) -> bool:
@@ -289,75 +282,64 @@ class Study:
         return checked_teacher(path, self.log, teacher_recipe.recipe(self.spec, ds, model),
                                ds.label) is not None
 
-    def _train_teachers(self, model: str, todo: dict[str, int],
-                        out: dict[int, tuple[str, Location]],
-                        claims: list[teacher_store.Claim]) -> None:
-        """One Tune stage for the teachers this study claimed (``todo``: id -> dataset index);
-        their claims are renewed while it runs and dropped when it ends, however it ends."""
-        from ray import tune
+    def _teacher_jobs(self) -> list[dict[str, Any]]:
+        """The trainings of the spec's pretrained models this study holds the claim of and has
+        not trained yet: the students' Tuner hands these out before any search trial (each
+        once). Called again whenever the Tuner asks for a trial: a teacher another study
+        trains is looked for every poll interval, reused once stored, and claimed here when
+        that study's claim goes stale or is dropped; one whose trial ended without storing it
+        failed, and the searches it teaches are skipped."""
+        jobs = []
+        for tid, (index, model) in list(self._unready.items()):
+            path = teacher_path(self.spec.storage, tid)
+            method = methods.PRETRAINED[model]
+            if tid in self._claims and tid not in self._ended:
+                jobs.append(self._teacher_job(tid, index, model, path))
+                continue  # its trial's end says whether it is stored
+            if time.time() < self._waiting.get(tid, 0.0):
+                continue  # another study's: looked at again every poll interval
+            if self._teacher_ready(tid, path, method):
+                del self._unready[tid]
+                if tid not in self._claims:  # trained by another study
+                    self._record_reused_teacher(index, tid, path, method, _teacher_stage(model))
+            elif tid in self._claims:
+                self._teacher_failed(tid, method)
+            elif self._claim_teacher(tid, path, method):
+                jobs.append(self._teacher_job(tid, index, model, path))
+        return jobs
 
-        from kdtune.trainables import train
-
-        spec = self.spec
+    def _teacher_job(self, tid: str, index: int, model: str, path: Location) -> dict[str, Any]:
         method = methods.PRETRAINED[model]
-        stage = "teachers" if model == "teacher" else "teachers-student"
-        arch = spec.teacher.arch if model == "teacher" else spec.student.arch
-        self.log(f"stage {stage}: training {len(todo)} {method} model(s) "
-                 f"({arch}, {spec.training.teacher_epochs} epochs)")
-        jobs = [TrialJob(stage, "teacher", i, method, spec.teacher_seed, teacher_id=tid,
-                         teacher_path=str(out[i][1]), **self._cpus_gpus(method)).to_config()
-                for tid, i in todo.items()]
-        callback = self._recorder(stage, "teacher", len(jobs))
-        with teacher_store.Heartbeat(claims, self.log):
-            fit_stage(train, spec, self.tune_dir, stage,
-                      {"job": tune.grid_search(jobs)}, 1, callback, plan=self.plan,
-                      data=self._data_refs)
-        missing = [tid for tid, i in todo.items() if not self._stored(i, model, out[i][1])]
-        if missing:
-            raise StudyError(f"teacher training failed for {', '.join(missing)}; "
-                             f"see {self.run_dir / 'trials.parquet'} (column failure)")
+        if tid not in self._said_training:
+            self._said_training.add(tid)
+            arch = self.spec.teacher.arch if model == "teacher" else self.spec.student.arch
+            self.log(f"stage {_teacher_stage(model)}: training {method} {tid} ({arch}, "
+                     f"{self.spec.training.teacher_epochs} epochs)")
+        return TrialJob(_teacher_stage(model), "teacher", index, method, self.spec.teacher_seed,
+                        teacher_id=tid, teacher_path=str(path),
+                        **self._cpus_gpus(method)).to_config()
 
-    def _wait_for_teachers(self, model: str, waiting: dict[str, int],
-                           holders: dict[str, dict[str, Any]],
-                           out: dict[int, tuple[str, Location]]) -> dict[str, int]:
-        """Wait while other studies train ``waiting`` (id -> dataset index), polling the
-        teacher store; a teacher that appears (``teacher.pt`` and its record) is reused.
-        Returns those this study must claim again: their claim went stale or was dropped
-        without a teacher."""
-        method = methods.PRETRAINED[model]
-        stage = "teachers" if model == "teacher" else "teachers-student"
-        told: dict[str, dict[str, Any]] = {}  # the claim last said to be waited for
-        while waiting:
-            free: dict[str, int] = {}
-            for tid, index in list(waiting.items()):
-                path = out[index][1]
-                holder = holders.pop(tid, None) or teacher_store.read_claim(path)
-                # complete once its record is there (written after teacher.pt)
-                if exists(teacher_store.record_path(path)) or holder is None:
-                    if self._stored(index, model, path):
-                        by = told.get(tid) or holder
-                        self.log(f"{method} {tid}: reusing {path}"
-                                 + (f" (trained by run {by.get('run_id', '?')})" if by else ""))
-                        self._record_reused_teacher(index, tid, path, method, stage)
-                        del waiting[tid]
-                        continue
-                    if holder is None:
-                        self.log(f"{method} {tid}: its claim was dropped without a teacher "
-                                 "(that study's training failed or stopped); training it here")
-                        free[tid] = waiting.pop(tid)
-                        continue
-                if teacher_store.is_stale(holder):
-                    free[tid] = waiting.pop(tid)  # taken over when claimed again
-                elif tid not in told or told[tid].get("token") != holder.get("token"):
-                    told[tid] = holder
-                    self.log(f"waiting for {method} {tid}, being trained by run "
-                             f"{_holder(holder)}")
-            if free:
-                return free | waiting  # claim those; the others are waited for again
-            if waiting:
-                check_stop()
-                time.sleep(teacher_store.poll_every())
-        return {}
+    def _job_ended(self, job: dict[str, Any], error: bool) -> None:
+        """A trial the students' Tuner handed out (not a search's) ended: a teacher's is
+        looked at the next time the Tuner asks for a trial."""
+        if job.get("role") == "teacher" and job.get("teacher_id"):
+            self._ended.add(str(job["teacher_id"]))
+
+    def _teacher_failed(self, tid: str, method: str) -> None:
+        """A pretrained model's trial ended without storing it: its claim is dropped (another
+        study may train it), and the searches it would teach run no trial."""
+        del self._unready[tid]
+        self._failed.append(tid)
+        claim = self._claims[tid]
+        if not claim.lost:
+            claim.lost = True
+            teacher_store.release(claim)
+        skipped = [p.stage for p in self._parts if p.constants.get("teacher_id") == tid]
+        for part in self._parts:
+            if part.stage in skipped:
+                part.trials = part.suggested
+        self.log(f"{method} {tid}: its training failed; skipped "
+                 f"{', '.join(skipped) or 'nothing'}")
 
     def _recorder(self, stage: str, role: str, expected: int | dict[str, int]) -> Recorder:
         epoch_columns = tuple(f.name for f in EPOCH_SCHEMA if f.name not in (
@@ -421,7 +403,8 @@ class Study:
         constants = TrialJob(stage, "search", index, method, spec.final.seeds[0],
                              teacher_id=teacher[0], teacher_path=str(teacher[1]),
                              **self._cpus_gpus(method)).to_config()
-        return SearchPart(stage, searcher, remaining, constants)
+        return SearchPart(stage, searcher, remaining, constants,
+                          ready=lambda: teacher[0] not in self._unready)
 
     def _pending(self, searched: set[str]) -> list[dict[str, Any]]:
         """What the study needs now, given the searches that are done: each search's best
@@ -472,10 +455,12 @@ class Study:
                 else spec.datasets[index]
             teacher_id = spec.teacher_id(ds, source)
             path = teacher_path(spec.storage, teacher_id)
-            if not self._resplit_teacher_ready(teacher_id, path):
-                if not self._claim_resplit_teacher(teacher_id, path):
+            if teacher_id in self._unready:
+                return None  # the spec's own teacher, trained (or awaited) first
+            pretrained = methods.PRETRAINED[source]
+            if not self._teacher_ready(teacher_id, path, pretrained):
+                if not self._claim_teacher(teacher_id, path, pretrained):
                     return None
-                pretrained = methods.PRETRAINED[source]
                 return TrialJob("teachers-resplit", "teacher", index, pretrained,
                                 spec.teacher_seed, teacher_id=teacher_id,
                                 teacher_path=str(path), split_seed=split_seed,
@@ -484,39 +469,48 @@ class Study:
                         selected_from=selected_from, split_seed=split_seed,
                         **self._cpus_gpus(method))
 
-    def _resplit_teacher_ready(self, teacher_id: str, path: Location) -> bool:
-        """A split's teacher is stored; one another study trained counts once its record is
+    def _teacher_ready(self, teacher_id: str, path: Location, method: str = "teacher") -> bool:
+        """A pretrained model is stored; one another study trained counts once its record is
         written too (after ``teacher.pt``). This study's claim on it is dropped then."""
-        if not exists(path) or (teacher_id in self._resplit_waiting
+        if not exists(path) or (teacher_id in self._waiting
                                 and not exists(teacher_store.record_path(path))):
             return False
-        if self._resplit_waiting.pop(teacher_id, None) is not None:
-            self.log(f"teacher {teacher_id}: reusing {path} (trained by another study)")
-        claim = self._resplit_claims.get(teacher_id)
+        if self._waiting.pop(teacher_id, None) is not None:
+            by = self._holders.pop(teacher_id, None) or {}
+            self.log(f"{method} {teacher_id}: reusing {path} (trained by run "
+                     f"{by.get('run_id', '?')})")
+        claim = self._claims.get(teacher_id)
         if claim is not None and not claim.lost:
             claim.lost = True  # the heartbeat passes over it from now on
             teacher_store.release(claim)
         return True
 
-    def _claim_resplit_teacher(self, teacher_id: str, path: Location) -> bool:
-        """Claim a split's teacher before training it, as :meth:`_teachers` does: False while
-        another study's live claim holds it (looked at again every poll interval; a stale one
-        is taken over)."""
-        if teacher_id in self._resplit_claims:
+    def _claim_teacher(self, teacher_id: str, path: Location, method: str = "teacher") -> bool:
+        """Claim a pretrained model before training it: False while another study's live
+        claim holds it (looked at again every poll interval; a stale one is taken over, and
+        one dropped without a teacher is claimed here)."""
+        if teacher_id in self._claims:
             return True
-        if time.time() < self._resplit_waiting.get(teacher_id, 0.0):
+        if time.time() < self._waiting.get(teacher_id, 0.0):
             return False
         claim, holder = teacher_store.acquire(path, teacher_id, self.run_dir.name)
         if claim is None:
-            self._resplit_waiting[teacher_id] = time.time() + teacher_store.poll_every()
-            self._say_once(("resplit-wait", teacher_id, (holder or {}).get("token")),
-                           f"waiting for teacher {teacher_id}, being trained by run "
+            self._waiting[teacher_id] = time.time() + teacher_store.poll_every()
+            self._holders[teacher_id] = holder or {}
+            self._say_once(("wait", teacher_id, (holder or {}).get("token")),
+                           f"waiting for {method} {teacher_id}, being trained by run "
                            f"{_holder(holder or {})}")
             return False
-        self._resplit_waiting.pop(teacher_id, None)
-        if holder is not None:
-            self.log(f"teacher {teacher_id}: took over the claim of run {_holder(holder)}")
-        self._resplit_claims[teacher_id] = claim
+        waited = self._waiting.pop(teacher_id, None) is not None
+        self._holders.pop(teacher_id, None)
+        if holder is not None:  # a stale claim, or this run's own from a killed process
+            self.log(f"{method} {teacher_id}: took over the claim of run {_holder(holder)}, "
+                     f"whose heartbeat stopped "
+                     f"{time.time() - float(holder.get('heartbeat', 0)):.0f} s ago")
+        elif waited:
+            self.log(f"{method} {teacher_id}: its claim was dropped without a teacher (that "
+                     "study's training failed or stopped); training it here")
+        self._claims[teacher_id] = claim
         return True
 
     def _say_once(self, key: tuple, message: str) -> None:
@@ -532,16 +526,17 @@ class Study:
         from kdtune.trainables import train
 
         spec = self.spec
-        parts = [self._search_part(index, method,
-                                   teachers.get(methods.get(method).taught_by or "", {}))
-                 for index in range(len(spec.datasets)) for method in spec.methods]
+        parts = self._parts = [
+            self._search_part(index, method,
+                              teachers.get(methods.get(method).taught_by or "", {}))
+            for index in range(len(spec.datasets)) for method in spec.methods]
         searches = sum(p.trials for p in parts)
         first = {(ds.label, m): spec.final.seeds for ds in spec.datasets for m in spec.methods}
         finals = sum(1 for (label, m), seeds in first.items()
                      for seed in seeds if seed not in done_seeds(self.store.trials, label, m))
         rounds = spec.final.target_halfwidth is not None
-        if not searches and not self._pending({p.stage for p in parts}) \
-                and not self._resplit_waiting:
+        if not searches and not self._unready and not self._pending({p.stage for p in parts}) \
+                and not self._waiting:
             self.log("stage final: nothing left to run")
             return
         if rounds:
@@ -558,22 +553,30 @@ class Study:
                      "with a teacher of its own per split")
         expected: dict[str, int | None] = {p.stage: p.trials for p in parts}
         expected |= {"final": None if rounds else finals, "teachers-resplit": None}
+        for _, model in self._unready.values():
+            expected[_teacher_stage(model)] = expected.get(_teacher_stage(model), 0) + 1
         callback = self._recorder("final", "final", expected)
         most = len(spec.final.all_seeds())
         bound = searches + len(spec.datasets) * most * (
             len(spec.methods) + (len(methods.teacher_sources(spec)) if spec.final.resplit
                                  else 0))
-        # the split teachers claimed as final runs ask for them are renewed while the stage
-        # runs, and dropped when it ends, however it ends
-        with teacher_store.Heartbeat(self._resplit_claims.values(), self.log):
+        bound += len(self._unready)
+        # the teachers claimed as the Tuner asks for trials are renewed while it runs, and
+        # dropped when it ends, however it ends
+        with teacher_store.Heartbeat(self._claims.values(), self.log):
             fit_stage(train, spec, self.tune_dir, "students", {}, bound, callback,
                       searcher=StudySearcher(parts, self._pending,
                                              lambda c: TrialJob.from_config(c).key(),
-                                             waiting=lambda: bool(self._resplit_waiting)),
+                                             waiting=lambda: bool(self._waiting
+                                                                  or self._unready),
+                                             first=self._teacher_jobs, ended=self._job_ended),
                       scheduler=(PerStageASHA(lambda: stopping_scheduler(spec))
                                  if spec.scheduler.rule != "none" else None),
                       plan=self.plan, data=self._data_refs, teachers=self._teacher_refs,
                       pools=self._pool_refs)
+        if self._failed:
+            raise StudyError(f"teacher training failed for {', '.join(self._failed)}; see "
+                             f"{self.run_dir / 'trials.parquet'} (column failure)")
 
     def run(self, address: str | None = None) -> Path:
         """Run every stage not yet done; write gains and the report; return the run directory."""
@@ -594,7 +597,7 @@ class Study:
             # the spec's teacher, and a pretrained student-architecture model for self/reversed
             teachers = {model: self._teachers(model)
                         for model in methods.teacher_sources(self.spec)}
-            self._teacher_refs = _put_teachers(teachers)
+            self._teacher_refs = _put_teachers(teachers, set(self._unready))
             self._students(teachers)
         except BaseException:
             self._write_meta("interrupted")
@@ -623,6 +626,11 @@ class Study:
         self.progress.summary(console.summary(self.store.trials, gains, wall, trends))
         self.progress.summary(f"report: {report}")
         return self.run_dir
+
+
+def _teacher_stage(model: str) -> str:
+    """The stage name of a spec pretrained model's training (in trials.parquet)."""
+    return "teachers" if model == "teacher" else "teachers-student"
 
 
 def _holder(claim: dict[str, Any]) -> str:
@@ -664,12 +672,16 @@ def splits_bytes(splits: Splits) -> int:
                                                     "test_x", "test_y"))
 
 
-def _put_teachers(teachers: dict[str, dict[int, tuple[str, Location]]]) -> dict[str, Any]:
-    """Each pretrained model's weights, once in the object store: student trials on any node
-    read them from there, not from the teacher store (a path or a URI)."""
+def _put_teachers(teachers: dict[str, dict[int, tuple[str, Location]]],
+                  unready: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+    """Each stored pretrained model's weights, once in the object store: student trials on any
+    node read them from there, not from the teacher store (a path or a URI). Those not stored
+    yet (``unready``: trained in the students' Tuner) are read from the teacher store, as every
+    node reaches it (it is where their trials write them)."""
     import ray
 
-    paths = {tid: path for source in teachers.values() for tid, path in source.values()}
+    paths = {tid: path for source in teachers.values() for tid, path in source.values()
+             if tid not in unready}
     refs = {}
     for tid, path in paths.items():
         try:  # checked when the study planned or the teacher appeared: this read is the same

@@ -97,6 +97,40 @@ def test_a_finished_round_can_ask_for_more_and_nothing_is_handed_out_twice():
     assert searcher.suggest("t6") == Searcher.FINISHED
 
 
+def test_teachers_go_first_and_a_search_waits_for_its_teacher_while_others_run():
+    teacher_ready = [False]
+    scratch = _part("scratch", trials=2, limit=2)
+    kd = SearchPart("search-kd", ConcurrencyLimiter(Counting(), max_concurrent=2), 1,
+                    {"method": "kd"}, ready=lambda: teacher_ready[0])
+    teachers = [{"stage": "teachers", "of": "teacher", "seed": 0}]
+    ended = []
+    searcher = StudySearcher([kd, scratch], lambda searched: [], _key,
+                             first=lambda: [] if teacher_ready[0] else teachers,
+                             ended=lambda job, error: ended.append((job["of"], error)))
+    assert searcher.suggest("t0") == teachers[0]  # before any search, the first search's too
+    # the teacher is in flight (handed out once): kd waits for it, scratch runs meanwhile
+    assert [searcher.suggest(f"t{i}")["stage"] for i in (1, 2)] == ["search-scratch"] * 2
+    assert searcher.suggest("t3") is None
+    searcher.on_trial_complete("t0", {})
+    assert ended == [("teacher", False)]  # the study hears of the teacher's end
+    teacher_ready[0] = True
+    assert searcher.suggest("t4")["stage"] == "search-kd"
+    searcher.on_trial_complete("t1", {"val_acc": 1.0})  # a search trial: not a job's end
+    assert ended == [("teacher", False)]
+    for t in ("t2", "t4"):
+        searcher.on_trial_complete(t, {"val_acc": 1.0})
+    assert searcher.suggest("t5") == Searcher.FINISHED
+
+
+def test_a_search_whose_teacher_never_comes_keeps_the_searcher_from_finishing_until_dropped():
+    kd = SearchPart("search-kd", ConcurrencyLimiter(Counting(), max_concurrent=2), 2,
+                    {"method": "kd"}, ready=lambda: False)
+    searcher = StudySearcher([kd], lambda searched: [], _key)
+    assert searcher.suggest("t0") is None  # not finished: its teacher may still come
+    kd.trials = kd.suggested  # the study drops it (its teacher's training failed)
+    assert searcher.suggest("t1") == Searcher.FINISHED
+
+
 def _trial(trial_id, stage):
     return SimpleNamespace(trial_id=trial_id, config={"stage": stage},
                            evaluated_params={}, status="RUNNING")

@@ -242,3 +242,35 @@ def test_sigterm_stops_cleanly_and_keeps_finished_trials(tiny_spec_dict, write_s
     for parquet in trials_file.parent.glob("*.parquet"):
         pq.read_table(parquet)
     assert json.loads((trials_file.parent / "run.json").read_text())["status"] == "interrupted"
+
+
+# ----------------------------------------------------------------------------- Ray's start
+@pytest.mark.parametrize("message, calls", [
+    ("The current node timed out during startup. This could happen because ...", 2),
+    ("some other failure", 1),
+])
+def test_an_embedded_ray_whose_node_starts_late_is_started_once_more(monkeypatch, message,
+                                                                     calls):
+    import ray
+
+    from kdtune import session
+
+    tried: list[dict] = []
+
+    def fake_init(**kwargs):
+        tried.append(kwargs)
+        if len(tried) == 1:
+            raise Exception(message)
+
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    lines: list[str] = []
+    if calls == 1:  # not the startup timeout: raised as it is, not tried again
+        with pytest.raises(Exception, match="some other failure"):
+            session._start_embedded(lines.append)
+    else:
+        session._start_embedded(lines.append)
+        assert lines == ["Ray: its node did not start within Ray's 30 s (machine busy?); "
+                         "trying once more (Exception)"]
+    assert len(tried) == calls
+    assert all(kw["_node_ip_address"] == "127.0.0.1" for kw in tried)  # loopback both times

@@ -161,7 +161,7 @@ def test_tiny_study_on_a_file_uri(tiny_spec_dict, write_spec, tmp_path: Path, st
         # the row datasets: compacted at the end of the run, one part each
         for name in ("trials.parquet", "epochs.parquet"):
             assert len(list((run / name).glob("part-*.parquet"))) == 1, name
-        assert sorted(p.name for p in (run / "tune").iterdir()) == ["students", "teachers"]
+        assert sorted(p.name for p in (run / "tune").iterdir()) == ["students"]
         assert json.loads((run / "run.json").read_text())["status"] == "finished"
         rows = pq.read_table(run / "trials.parquet").to_pylist()
         assert len(rows) == 1 + 2 * 2 and all(r["status"] == "finished" for r in rows)

@@ -318,24 +318,36 @@ class _OtherStudy(threading.Thread):
 
 
 def _study(spec, tmp_path, trained: list):
-    """A Study whose teacher stage 'trains' by storing a teacher at once (no Ray); ``trained``
-    gets the ids each pass trained, with the time."""
+    """A Study whose students' Tuner is played here (no Ray): ``run(study)`` asks for the
+    teacher jobs as the Tuner would, and each job handed out 'trains' by storing its teacher at
+    once, its trial then ending; ``trained`` gets the ids of the jobs, with the time."""
     from kdtune.study import Study
 
     lines: list[str] = []
     study = Study(spec.model_copy(update={"storage": str(tmp_path)}), tmp_path / "tiny-run",
                   log=lines.append)
+    study._cpus_gpus = lambda method: {}  # resources are resolved on a Ray cluster; none here
 
-    def train(model, todo, out, claims):
-        assert all(ts.read_claim(out[i][1])["token"] == c.token
-                   for (tid, i), c in zip(todo.items(), claims))  # held while it trains
-        trained.append((sorted(todo), time.time()))
-        with ts.Heartbeat(claims, lines.append):  # as _train_teachers holds them
-            for i in todo.values():
-                _store_teacher(study.spec, tmp_path, index=i)
+    def run() -> dict:
+        out = study._teachers()
+        handed: set[str] = set()
+        with ts.Heartbeat(study._claims.values(), lines.append):  # as the Tuner's stage does
+            while study._unready:
+                for job in study._teacher_jobs():
+                    tid = job["teacher_id"]
+                    if tid in handed:
+                        continue  # the searcher hands each job out once
+                    handed.add(tid)
+                    # held while it trains
+                    assert ts.read_claim(job["teacher_path"])["token"] == \
+                        study._claims[tid].token
+                    trained.append((tid, time.time()))
+                    _store_teacher(study.spec, tmp_path, index=job["dataset_index"])
+                    study._job_ended(job, False)
+                time.sleep(0.05)
+        return out
 
-    study._train_teachers = train
-    return study, lines
+    return study, lines, run
 
 
 @pytest.fixture
@@ -352,13 +364,14 @@ def test_a_study_trains_what_it_claims_and_reuses_what_another_trains(two_datase
     ids = [spec.teacher_id(ds) for ds in spec.datasets]
     other = _OtherStudy(spec, teacher_path(tmp_path, ids[1]), 1.5, "store")
     other.index = 1
-    other.start()
     trained: list = []
-    study, lines = _study(spec, tmp_path, trained)
+    # built first: a first import of kdtune.study can outlast the other study's 1.5 s
+    study, lines, run = _study(spec, tmp_path, trained)
+    other.start()
     started = time.time()
-    out = study._teachers()
+    out = run()
     other.join()
-    assert [t for t, _ in trained] == [[ids[0]]]  # its own at once, not after the other's
+    assert [t for t, _ in trained] == [ids[0]]  # its own at once, not after the other's
     assert trained[0][1] - started < 1.0
     assert f"waiting for teacher {ids[1]}, being trained by run other-run" in "\n".join(lines)
     assert any(line.startswith(f"teacher {ids[1]}: reusing ") and "(trained by run other-run)"
@@ -376,12 +389,12 @@ def test_a_teacher_whose_claim_is_dropped_or_goes_stale_is_trained_here(two_data
     spec = two_datasets
     ids = [spec.teacher_id(ds) for ds in spec.datasets]
     other = _OtherStudy(spec, teacher_path(tmp_path, ids[1]), 0.5, then)
-    other.start()
     trained: list = []
-    study, lines = _study(spec, tmp_path, trained)
-    study._teachers()
+    study, lines, run = _study(spec, tmp_path, trained)
+    other.start()
+    run()
     other.join()
-    assert [t for t, _ in trained] == [[ids[0]], [ids[1]]]  # a second pass for the other's
+    assert [t for t, _ in trained] == [ids[0], ids[1]]  # the other's once its claim lapses
     text = "\n".join(lines)
     assert f"waiting for teacher {ids[1]}, being trained by run other-run" in text
     if then == "fail":
@@ -390,6 +403,29 @@ def test_a_teacher_whose_claim_is_dropped_or_goes_stale_is_trained_here(two_data
         assert f"teacher {ids[1]}: took over the claim of run other-run" in text
     assert not study.store.trials  # trained here: the Tune stage records those
     assert ts.read_claim(teacher_path(tmp_path, ids[1])) is None
+
+
+def test_a_teacher_whose_trial_ends_without_it_fails_and_its_searches_run_no_trial(
+        two_datasets, tmp_path):
+    from kdtune.multisearch import SearchPart
+
+    trained: list = []
+    study, lines, _ = _study(two_datasets, tmp_path, trained)
+    ids = [two_datasets.teacher_id(ds) for ds in two_datasets.datasets]
+    study._teachers()
+    study._parts = [SearchPart("search-a-rkd", None, 3, {"teacher_id": ids[0]}),
+                    SearchPart("search-a-scratch", None, 3, {"teacher_id": ""}),
+                    SearchPart("search-b-rkd", None, 3, {"teacher_id": ids[1]})]
+    jobs = study._teacher_jobs()
+    assert [j["teacher_id"] for j in jobs] == ids  # both claimed here, trained first
+    assert [j["stage"] for j in jobs] == ["teachers", "teachers"]
+    study._job_ended(jobs[0], True)  # its trial failed (after Tune's retries)
+    (job,) = study._teacher_jobs()  # the other is still in flight
+    assert job["teacher_id"] == ids[1]
+    assert study._failed == [ids[0]]
+    assert [p.trials for p in study._parts] == [0, 3, 3]  # its search runs no trial
+    assert ts.read_claim(teacher_path(tmp_path, ids[0])) is None  # another study may train it
+    assert f"teacher {ids[0]}: its training failed; skipped search-a-rkd" in lines
 
 
 # --- final.resplit: a teacher per final seed's split, claimed as the final runs need it ------
@@ -423,7 +459,7 @@ def test_a_split_teacher_is_claimed_before_its_training_and_released_once_stored
     study, lines, tid, path, final_job, store_it = _resplit_study(tiny_spec_dict, tmp_path)
     job = final_job()
     assert (job.role, job.teacher_id) == ("teacher", tid)  # its training comes first
-    assert ts.read_claim(path)["token"] == study._resplit_claims[tid].token
+    assert ts.read_claim(path)["token"] == study._claims[tid].token
     assert final_job().role == "teacher"  # asked again (another trial ended): still this one's
     store_it()
     job = final_job()
@@ -437,13 +473,13 @@ def test_a_split_teacher_another_study_trains_is_waited_for_then_reused(tiny_spe
     study, lines, tid, path, final_job, store_it = _resplit_study(tiny_spec_dict, tmp_path)
     other, _ = ts.acquire(path, tid, "other-run")
     assert final_job() is None  # another study is training it: this seed's final waits
-    assert study._resplit_waiting and not study._resplit_claims
+    assert study._waiting and not study._claims
     assert f"waiting for teacher {tid}, being trained by run other-run" in "\n".join(lines)
     store_it()
     ts.release(other)
     job = final_job()
     assert (job.role, job.teacher_id) == ("final", tid)
-    assert not study._resplit_waiting and not study._resplit_claims  # trained once, there
+    assert not study._waiting and not study._claims  # trained once, there
     assert any(line.startswith(f"teacher {tid}: reusing ") for line in lines)
 
 
@@ -454,7 +490,7 @@ def test_a_stale_claim_on_a_split_teacher_is_taken_over(tiny_spec_dict, tmp_path
     job = final_job()
     assert (job.role, job.teacher_id) == ("teacher", tid)
     assert f"teacher {tid}: took over the claim of run killed-run" in "\n".join(lines)
-    assert ts.read_claim(path)["token"] == study._resplit_claims[tid].token
+    assert ts.read_claim(path)["token"] == study._claims[tid].token
 
 
 def test_the_students_searcher_does_not_finish_while_a_split_teacher_is_awaited():
