@@ -46,3 +46,29 @@ def write_spec(tmp_path: Path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def _ray_for_the_session():
+    """Stops the shared embedded Ray (if up) when the whole session ends."""
+    yield
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        ray.shutdown()
+
+
+@pytest.fixture
+def embedded_ray(_ray_for_the_session):
+    """kdtune's embedded Ray, started once and shared by every test that runs a study in this
+    process: ``kdtune.session.init_ray`` joins a Ray already up, as ``kdtune.run`` does in a
+    notebook. A fresh one per test cost its start (~4 s here) and shutdown (~1.5 s). A test
+    that needs a process without Ray shuts it down itself; the next one starts it again.
+    Studies read no environment variable a test sets in their trial workers (those run as
+    ``kdtune`` subprocesses), so workers of a Ray started by an earlier test serve them."""
+    from kdtune.session import init_ray
+
+    init_ray(None, lambda line: None)
+    yield

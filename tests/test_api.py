@@ -75,7 +75,7 @@ def _readme_blocks(language: str, containing: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, _ray_for_the_session):
     """One tiny study, run through the API from a dict, its searches in an SQLite Optuna RDB
     (``search.storage``) as a team's dashboard would watch them."""
     from tests.conftest import TINY_SPEC
@@ -86,15 +86,14 @@ def tiny_run(tmp_path_factory):
     spec["search"]["storage"] = f"sqlite:///{root / 'optuna.db'}"
     lines: list[str] = []
     run = kdtune.run(spec, storage=str(root / "runs"), progress=lines.append)
-    yield spec, run, lines, root
-    import ray
-
-    ray.shutdown()  # the embedded Ray of kdtune.run: not left to the next test file
+    yield spec, run, lines, root  # its embedded Ray stays up for the session's other studies
 
 
 @pytest.mark.slow
-def test_a_tiny_study_from_a_dict_runs_and_reads_back(tiny_run, tmp_path):
+def test_a_tiny_study_from_a_dict_runs_and_reads_back(tiny_run, tmp_path, monkeypatch):
     import pandas as pd
+
+    import kdtune.study
 
     spec, run, lines, root = tiny_run
     assert run.status == "finished" and run.path.parent == root / "runs"
@@ -120,7 +119,11 @@ def test_a_tiny_study_from_a_dict_runs_and_reads_back(tiny_run, tmp_path):
     report = again.report(tmp_path / "copy.html")
     assert report == tmp_path / "copy.html" and report.stat().st_size > 100_000
 
-    # resumed: nothing left to run, the same trials
+    # resumed: nothing left to run, the same trials, and no Ray session asked for
+    def no_ray(*args):
+        raise AssertionError("a finished run's resume joined Ray")
+
+    monkeypatch.setattr(kdtune.study, "init_ray", no_ray)
     resumed = kdtune.resume(run.path, progress=lines.append)
     assert any("nothing left to run" in line for line in lines)
     assert sorted(resumed.trials.trial_id) == sorted(trials.trial_id)

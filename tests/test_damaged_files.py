@@ -58,7 +58,7 @@ def _snapshot(run_dir: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
+def finished(tmp_path_factory, _ray_for_the_session):
     import kdtune
     from tests.conftest import TINY_SPEC
 
@@ -68,10 +68,7 @@ def finished(tmp_path_factory):
     spec["search"]["trials"] = 1
     spec["training"] |= {"teacher_epochs": 2, "student_epochs": 2}
     run = kdtune.run(spec, storage=str(root / "runs"), progress=False)
-    yield spec, run.path
-    import ray
-
-    ray.shutdown()  # the embedded Ray of kdtune.run: not left to the next test file
+    yield spec, run.path  # its embedded Ray stays up for the session's other studies
 
 
 @pytest.mark.parametrize("how", DAMAGES)

@@ -23,12 +23,9 @@ from tests._browser import check_in_browser, find_chromium
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _ray_shutdown():
-    yield
-    import ray
-
-    ray.shutdown()
+@pytest.fixture(autouse=True)
+def _shared_ray(embedded_ray):
+    """The in-process studies here join the session's embedded Ray (tests/conftest.py)."""
 
 
 def _run_dirs(storage: Path) -> list[Path]:

@@ -96,11 +96,10 @@ def test_bad_final_sections_are_one_line_naming_the_field(tiny_spec_dict, final,
 
 @pytest.mark.slow
 def test_rounds_and_resplit_through_ray_tune_and_a_resume_mid_round(tiny_spec_dict, write_spec,
-                                                                   tmp_path):
+                                                                   tmp_path, embedded_ray):
     import shutil
 
     import pyarrow.parquet as pq
-    import ray
 
     from kdtune.cli import main
     from kdtune.rundir import TRIAL_SCHEMA, write_table_atomic
@@ -110,39 +109,36 @@ def test_rounds_and_resplit_through_ray_tune_and_a_resume_mid_round(tiny_spec_di
         "resplit": True})
     tiny_spec_dict["search"] |= {"trials": 1, "hint_layers": None}
     storage = tmp_path / "storage"
-    try:
-        assert main(["run", str(write_spec(tiny_spec_dict)), "--storage", str(storage)]) == 0
-        (run_dir,) = [p for p in storage.iterdir() if p.name != "teachers"]
-        rows = pq.read_table(run_dir / "trials.parquet").to_pylist()
-        finals = {m: sorted(r["seed"] for r in rows if r["role"] == "final"
-                            and r["method"] == m) for m in ("scratch", "rkd")}
-        # a 0.5-point target on 90 test images is out of reach: both run to max_seeds
-        assert finals == {"scratch": list(range(6)), "rkd": list(range(6))}
-        split_teachers = [r for r in rows if r["stage"] == "teachers-resplit"]
-        assert sorted(r["split_seed"] for r in split_teachers) == sorted(
-            {r["split_seed"] for r in rows if r["role"] == "final"})  # one teacher a split
-        rkd = [r for r in rows if r["role"] == "final" and r["method"] == "rkd"]
-        assert len({r["teacher_id"] for r in rkd}) == 6 and len({r["split_seed"]
-                                                                for r in rkd}) == 6
-        gains = {g["method"]: g for g in pq.read_table(run_dir / "gains.parquet").to_pylist()}
-        assert gains["rkd"]["n_seeds"] == 6 and gains["rkd"]["reached_target"] is False
-        assert gains["rkd"]["verdict"] in ("pays", "hurts", "equivalent", "inconclusive")
-        # a copy of the run stopped mid-round (after round one and two more seeds of scratch)
-        copy = storage / "copy"
-        shutil.copytree(run_dir, copy)
-        kept = [r for r in rows if r["role"] != "final" or r["seed"] < 3
-                or (r["method"] == "scratch" and r["seed"] < 5)]
-        # copytree made the parts link a plain folder; a single file, as a user's pandas
-        # would write it, takes its place (the store makes it the first part)
-        shutil.rmtree(copy / "trials.parquet")
-        write_table_atomic(kept, TRIAL_SCHEMA, copy / "trials.parquet")
-        (copy / "gains.parquet").unlink()
-        assert main(["resume", str(copy)]) == 0
-        resumed = pq.read_table(copy / "trials.parquet").to_pylist()
-        again = {m: sorted(r["seed"] for r in resumed if r["role"] == "final"
-                           and r["method"] == m) for m in ("scratch", "rkd")}
-        assert again == finals  # the same seeds, none run twice
-        kept_ids = {r["trial_id"] for r in kept}
-        assert kept_ids <= {r["trial_id"] for r in resumed}
-    finally:
-        ray.shutdown()
+    assert main(["run", str(write_spec(tiny_spec_dict)), "--storage", str(storage)]) == 0
+    (run_dir,) = [p for p in storage.iterdir() if p.name != "teachers"]
+    rows = pq.read_table(run_dir / "trials.parquet").to_pylist()
+    finals = {m: sorted(r["seed"] for r in rows if r["role"] == "final"
+                        and r["method"] == m) for m in ("scratch", "rkd")}
+    # a 0.5-point target on 90 test images is out of reach: both run to max_seeds
+    assert finals == {"scratch": list(range(6)), "rkd": list(range(6))}
+    split_teachers = [r for r in rows if r["stage"] == "teachers-resplit"]
+    assert sorted(r["split_seed"] for r in split_teachers) == sorted(
+        {r["split_seed"] for r in rows if r["role"] == "final"})  # one teacher a split
+    rkd = [r for r in rows if r["role"] == "final" and r["method"] == "rkd"]
+    assert len({r["teacher_id"] for r in rkd}) == 6 and len({r["split_seed"]
+                                                            for r in rkd}) == 6
+    gains = {g["method"]: g for g in pq.read_table(run_dir / "gains.parquet").to_pylist()}
+    assert gains["rkd"]["n_seeds"] == 6 and gains["rkd"]["reached_target"] is False
+    assert gains["rkd"]["verdict"] in ("pays", "hurts", "equivalent", "inconclusive")
+    # a copy of the run stopped mid-round (after round one and two more seeds of scratch)
+    copy = storage / "copy"
+    shutil.copytree(run_dir, copy)
+    kept = [r for r in rows if r["role"] != "final" or r["seed"] < 3
+            or (r["method"] == "scratch" and r["seed"] < 5)]
+    # copytree made the parts link a plain folder; a single file, as a user's pandas
+    # would write it, takes its place (the store makes it the first part)
+    shutil.rmtree(copy / "trials.parquet")
+    write_table_atomic(kept, TRIAL_SCHEMA, copy / "trials.parquet")
+    (copy / "gains.parquet").unlink()
+    assert main(["resume", str(copy)]) == 0
+    resumed = pq.read_table(copy / "trials.parquet").to_pylist()
+    again = {m: sorted(r["seed"] for r in resumed if r["role"] == "final"
+                       and r["method"] == m) for m in ("scratch", "rkd")}
+    assert again == finals  # the same seeds, none run twice
+    kept_ids = {r["trial_id"] for r in kept}
+    assert kept_ids <= {r["trial_id"] for r in resumed}

@@ -244,14 +244,6 @@ def test_each_trial_gets_its_methods_bundle(tiny_spec_dict):
 
 # ----------------------------------------------------------------------------- through the CLI
 
-@pytest.fixture
-def _ray_shutdown():
-    yield
-    import ray
-
-    ray.shutdown()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("role,gpus,message", [
     ("teacher", 1, "resources.teacher.gpus: 1 GPU per teacher trial, but the Ray cluster has "
@@ -260,7 +252,7 @@ def _ray_shutdown():
                        "memory, but the Ray cluster has no GPU"),
 ])
 def test_gpus_the_cluster_lacks_stop_the_run_before_anything_is_written(
-        tiny_spec_dict, write_spec, tmp_path, capsys, _ray_shutdown, role, gpus, message):
+        tiny_spec_dict, write_spec, tmp_path, capsys, embedded_ray, role, gpus, message):
     from kdtune.cli import main
 
     tiny_spec_dict["resources"] = {"cpus": 1, role: {"gpus": gpus}}
@@ -364,7 +356,7 @@ def test_fit_counts_the_dataset_each_trial_keeps_on_the_gpu(tiny_spec_dict):
 
 
 @pytest.mark.slow
-def test_max_concurrent_trials_caps_a_stage(tiny_spec_dict, write_spec, tmp_path, _ray_shutdown,
+def test_max_concurrent_trials_caps_a_stage(tiny_spec_dict, write_spec, tmp_path, embedded_ray,
                                             monkeypatch):
     """Tune wraps the study's searcher in a ConcurrencyLimiter: the run still completes, one
     student trial at a time.

@@ -151,10 +151,9 @@ def test_rule_scheduler_routes_results_per_search_and_completes_trials():
 
 @pytest.mark.slow
 def test_a_rule_stops_search_trials_through_tune_and_they_are_recorded_stopped(
-        tiny_spec_dict, tmp_path, monkeypatch):
+        tiny_spec_dict, tmp_path, monkeypatch, embedded_ray):
     """A rule registered for the test stops every search trial but each search's first at
     epoch 2; Tune stops them, the rows say ``stopped`` with 2 epochs, finals run in full."""
-    import ray
 
     import kdtune
     from kdtune import stopping
@@ -171,10 +170,7 @@ def test_a_rule_stops_search_trials_through_tune_and_they_are_recorded_stopped(
     tiny_spec_dict["search"]["max_concurrent"] = 1
     tiny_spec_dict["final"] = {"seeds": [0]}
     tiny_spec_dict["scheduler"] = {"kind": "first_only"}
-    try:
-        run = kdtune.run(tiny_spec_dict, storage=str(tmp_path / "runs"), progress=False)
-    finally:
-        ray.shutdown()
+    run = kdtune.run(tiny_spec_dict, storage=str(tmp_path / "runs"), progress=False)
     trials = run.trials
     search = trials[trials.role == "search"]
     # scratch searches nothing in this spec: one trial; rkd and ikd: three each

@@ -140,60 +140,56 @@ def _runs(root: Path) -> list[Path]:
 
 @pytest.mark.slow
 def test_tiny_study_on_a_file_uri(tiny_spec_dict, write_spec, tmp_path: Path, staging: Path,
-                                  capsys):
-    import ray
+                                  capsys, embedded_ray):
 
     root = tmp_path / "bucket"
     uri = f"file://{root}/kdtune"
     tiny_spec_dict.update(methods=["scratch", "rkd"], final={"seeds": [0]})
     tiny_spec_dict["search"]["trials"] = 1
     spec = write_spec(tiny_spec_dict)
-    try:
-        assert main(["run", str(spec), "--storage", uri]) == 0
-        out = capsys.readouterr().out
-        (run,) = _runs(root / "kdtune")
-        assert f"{uri}/{run.name}" in out.splitlines()[-1]  # the URI, for `kdtune resume`
+    assert main(["run", str(spec), "--storage", uri]) == 0
+    out = capsys.readouterr().out
+    (run,) = _runs(root / "kdtune")
+    assert f"{uri}/{run.name}" in out.splitlines()[-1]  # the URI, for `kdtune resume`
 
-        # kdtune's files, Tune's checkpoints and the teacher are all at the URI
-        for name in ("gains.parquet", "datasets.parquet", "run.json", "spec.yaml", "report.html",
-                     "optuna/journal.log"):
-            assert (run / name).is_file(), name
-        # the row datasets: compacted at the end of the run, one part each
-        for name in ("trials.parquet", "epochs.parquet"):
-            assert len(list((run / name).glob("part-*.parquet"))) == 1, name
-        assert sorted(p.name for p in (run / "tune").iterdir()) == ["students"]
-        assert json.loads((run / "run.json").read_text())["status"] == "finished"
-        rows = pq.read_table(run / "trials.parquet").to_pylist()
-        assert len(rows) == 1 + 2 * 2 and all(r["status"] == "finished" for r in rows)
-        (teacher,) = (root / "kdtune" / "teachers").glob("*/teacher.pt")
-        assert torch.load(teacher, weights_only=True)["val_acc"] > 0
-        # the staging copy is a copy: the same trials
-        assert pq.read_table(staging / run.name / "trials.parquet").num_rows == len(rows)
+    # kdtune's files, Tune's checkpoints and the teacher are all at the URI
+    for name in ("gains.parquet", "datasets.parquet", "run.json", "spec.yaml", "report.html",
+                 "optuna/journal.log"):
+        assert (run / name).is_file(), name
+    # the row datasets: compacted at the end of the run, one part each
+    for name in ("trials.parquet", "epochs.parquet"):
+        assert len(list((run / name).glob("part-*.parquet"))) == 1, name
+    assert sorted(p.name for p in (run / "tune").iterdir()) == ["students"]
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    rows = pq.read_table(run / "trials.parquet").to_pylist()
+    assert len(rows) == 1 + 2 * 2 and all(r["status"] == "finished" for r in rows)
+    (teacher,) = (root / "kdtune" / "teachers").glob("*/teacher.pt")
+    assert torch.load(teacher, weights_only=True)["val_acc"] > 0
+    # the staging copy is a copy: the same trials
+    assert pq.read_table(staging / run.name / "trials.parquet").num_rows == len(rows)
 
-        # a second run reuses the teacher from the URI
-        assert main(["run", str(spec), "--storage", uri]) == 0
-        capsys.readouterr()
-        second = [p for p in _runs(root / "kdtune") if p != run][0]
-        rows2 = pq.read_table(second / "trials.parquet").to_pylist()
-        assert [r["status"] for r in rows2 if r["role"] == "teacher"] == ["reused"]
-        assert not (second / "tune" / "teachers").exists()
+    # a second run reuses the teacher from the URI
+    assert main(["run", str(spec), "--storage", uri]) == 0
+    capsys.readouterr()
+    second = [p for p in _runs(root / "kdtune") if p != run][0]
+    rows2 = pq.read_table(second / "trials.parquet").to_pylist()
+    assert [r["status"] for r in rows2 if r["role"] == "teacher"] == ["reused"]
+    assert not (second / "tune" / "teachers").exists()
 
-        # resume from the URI with an empty staging folder: nothing finished is rerun, and a
-        # missing final (dropped here) is run again and lands at the URI
-        kept = [r for r in rows2 if r["role"] != "final"]
-        shutil.rmtree(second / "trials.parquet")
-        write_table_atomic(kept, TRIAL_SCHEMA, second / "trials.parquet" / "part-0.parquet")
-        shutil.rmtree(staging)
-        assert main(["resume", f"{uri}/{second.name}"]) == 0
-        out = capsys.readouterr().out
-        assert "nothing left to run" not in out
-        resumed = pq.read_table(second / "trials.parquet").to_pylist()
-        assert {r["trial_id"] for r in kept} <= {r["trial_id"] for r in resumed}
-        assert len(resumed) == len(rows2)
-        assert sum(r["role"] == "final" for r in resumed) == 2
-        assert sum(r["role"] == "search" for r in resumed) == 2  # no search rerun
-    finally:
-        ray.shutdown()
+    # resume from the URI with an empty staging folder: nothing finished is rerun, and a
+    # missing final (dropped here) is run again and lands at the URI
+    kept = [r for r in rows2 if r["role"] != "final"]
+    shutil.rmtree(second / "trials.parquet")
+    write_table_atomic(kept, TRIAL_SCHEMA, second / "trials.parquet" / "part-0.parquet")
+    shutil.rmtree(staging)
+    assert main(["resume", f"{uri}/{second.name}"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing left to run" not in out
+    resumed = pq.read_table(second / "trials.parquet").to_pylist()
+    assert {r["trial_id"] for r in kept} <= {r["trial_id"] for r in resumed}
+    assert len(resumed) == len(rows2)
+    assert sum(r["role"] == "final" for r in resumed) == 2
+    assert sum(r["role"] == "search" for r in resumed) == 2  # no search rerun
 
 
 @pytest.mark.slow

@@ -151,7 +151,7 @@ def test_omit_class_drops_it_from_train_and_val_only():
 
 @pytest.mark.slow
 def test_every_method_runs_in_a_study_with_one_class_omitted(tiny_spec_dict, write_spec,
-                                                              tmp_path):
+                                                              tmp_path, embedded_ray):
     tiny_spec_dict.update(
         methods=["scratch", "at", "self", "reversed_scratch", "reversed", "mskd"],
         student={"arch": "resnet8", "options": {"widths": [4, 8, 8]}},
@@ -159,12 +159,7 @@ def test_every_method_runs_in_a_study_with_one_class_omitted(tiny_spec_dict, wri
     tiny_spec_dict["search"] |= {"trials": 1, "hint_layers": None, "beta": [0.5, 2.0]}
     tiny_spec_dict["training"] |= {"teacher_epochs": 2, "student_epochs": 2}
     storage = tmp_path / "storage"
-    try:
-        assert main(["run", str(write_spec(tiny_spec_dict)), "--storage", str(storage)]) == 0
-    finally:
-        import ray
-
-        ray.shutdown()
+    assert main(["run", str(write_spec(tiny_spec_dict)), "--storage", str(storage)]) == 0
     (run_dir,) = [p for p in storage.iterdir() if p.name != "teachers"]
     rows = pq.read_table(run_dir / "trials.parquet").to_pylist()
     teachers = {r["method"]: r for r in rows if r["role"] == "teacher"}

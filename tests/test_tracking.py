@@ -88,7 +88,7 @@ def _wandb_records(path: Path) -> list:
 
 @pytest.mark.slow
 def test_every_trial_reaches_mlflow_wandb_and_tensorboard(tiny_spec_dict, write_spec,
-                                                          tmp_path):
+                                                          tmp_path, embedded_ray):
     pytest.importorskip("mlflow")
     pytest.importorskip("wandb")
     pytest.importorskip("tensorboard")

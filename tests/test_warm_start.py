@@ -178,7 +178,8 @@ def test_the_chosen_configs_are_kept_for_a_resumed_run(tiny_spec_dict, tmp_path)
 
 
 @pytest.mark.slow
-def test_a_second_study_starts_from_the_first_ones_best_config(tiny_spec_dict, tmp_path):
+def test_a_second_study_starts_from_the_first_ones_best_config(tiny_spec_dict, tmp_path,
+                                                               embedded_ray):
     """Two tiny studies on one storage, the second with ``warm_start: auto``: its rkd search
     begins with the first study's best rkd config (on validation), then the paper point, then
     TPE; every row says which; a resume enqueues nothing new."""
@@ -187,16 +188,11 @@ def test_a_second_study_starts_from_the_first_ones_best_config(tiny_spec_dict, t
     tiny_spec_dict |= {"methods": ["scratch", "rkd"], "final": {"seeds": [0]}}
     tiny_spec_dict["search"]["trials"] = 3
     storage = str(tmp_path / "runs")
-    try:
-        first = kdtune.run(copy.deepcopy(tiny_spec_dict), storage=storage, progress=False)
-        tiny_spec_dict["search"] |= {"warm_start": "auto", "warm_start_configs": 1}
-        lines: list[str] = []
-        second = kdtune.run(tiny_spec_dict, storage=storage, progress=lines.append)
-        resumed = kdtune.resume(second.path, progress=lines.append)
-    finally:
-        import ray
-
-        ray.shutdown()
+    first = kdtune.run(copy.deepcopy(tiny_spec_dict), storage=storage, progress=False)
+    tiny_spec_dict["search"] |= {"warm_start": "auto", "warm_start_configs": 1}
+    lines: list[str] = []
+    second = kdtune.run(tiny_spec_dict, storage=storage, progress=lines.append)
+    resumed = kdtune.resume(second.path, progress=lines.append)
     searched = first.trials[(first.trials.role == "search") & (first.trials.method == "rkd")]
     best = searched.sort_values("val_acc", ascending=False, kind="stable").iloc[0]
     trials = second.trials
