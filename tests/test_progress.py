@@ -121,7 +121,7 @@ def _read_all(fd: int, proc: subprocess.Popen, timeout: float = 600) -> str:
 
 @pytest.mark.slow
 def test_a_study_on_a_terminal_shows_a_status_line_and_quiet_shows_the_summary(
-        tiny_spec_dict, write_spec, tmp_path):
+        tiny_spec_dict, write_spec, tmp_path, capsys, embedded_ray):
     tiny_spec_dict.update(methods=["scratch", "rkd"], final={"seeds": [0]})
     tiny_spec_dict["training"]["teacher_epochs"] = 10
     spec = write_spec(tiny_spec_dict)
@@ -144,12 +144,13 @@ def test_a_study_on_a_terminal_shows_a_status_line_and_quiet_shows_the_summary(
     # a teacher of 10 epochs prints every 2nd epoch: 5 lines, not 10
     assert out.count("teacher epoch") == 5
 
-    # --quiet on a pipe: the summary and the run directory, no trial lines
-    quiet = subprocess.run([sys.executable, "-m", "kdtune", "run", str(spec), "--storage",
-                            str(tmp_path / "runs"), "--quiet"], capture_output=True, text=True,
-                           timeout=600)
-    assert quiet.returncode == 0, quiet.stdout[-3000:] + quiet.stderr[-3000:]
-    lines = quiet.stdout.splitlines()
+    # --quiet on a pipe: the summary and the run directory, no trial lines (run in this
+    # process, on the session's embedded Ray: a second process cost ~15 s of Ray and imports)
+    from kdtune.cli import main
+
+    capsys.readouterr()
+    assert main(["run", str(spec), "--storage", str(tmp_path / "runs"), "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("done in") and lines[-2].startswith("report:")
     assert not any("[search" in line or "teacher epoch" in line for line in lines)
     assert lines[-1].startswith(str(tmp_path / "runs"))
