@@ -556,8 +556,12 @@ def test_two_studies_started_together_train_each_teacher_once(tiny_spec_dict, wr
 
 
 @pytest.mark.slow
-def test_a_killed_studys_claim_is_taken_over_and_the_study_finishes(tiny_spec_dict,
-                                                                    write_spec, tmp_path):
+def test_a_killed_studys_claim_is_taken_over_and_the_study_finishes(
+        tiny_spec_dict, write_spec, tmp_path, monkeypatch, capsys, embedded_ray):
+    """In this process, on the session's Ray: the claims are the driver's (a worker only
+    writes the teacher), so a second kdtune process would test nothing more."""
+    from kdtune.cli import main
+
     spec_dict = _spec(tiny_spec_dict, 1)
     storage_dir = tmp_path / "runs"
     tid = parse_spec(spec_dict).teacher_id(parse_spec(spec_dict).datasets[0])
@@ -566,9 +570,10 @@ def test_a_killed_studys_claim_is_taken_over_and_the_study_finishes(tiny_spec_di
     # heartbeat 10 s ago (waiting, then going stale: the unit tests)
     _write_claim(teacher, run_id="tiny-killed", pid=2**22 + 17, token=uuid.uuid4().hex,
                  heartbeat=time.time() - 10)
-    proc = _kdtune(write_spec(spec_dict), storage_dir, KDTUNE_CLAIM_TIMEOUT_S="3")
-    out = proc.communicate(timeout=900)[0]
-    assert proc.returncode == 0, out[-4000:]
+    monkeypatch.setenv("KDTUNE_CLAIM_TIMEOUT_S", "3")
+    code = main(["run", str(write_spec(spec_dict)), "--storage", str(storage_dir)])
+    out = capsys.readouterr().out
+    assert code == 0, out[-4000:]
     assert f"teacher {tid}: took over the claim of run tiny-killed (host gone, pid " in out
     assert "Traceback" not in out
     assert [r["status"] for r in _teacher_rows(storage_dir)] == ["finished"]
