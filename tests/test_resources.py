@@ -319,10 +319,12 @@ def test_an_unreachable_ray_client_address_is_one_line(tiny_spec_dict, write_spe
     err = capsys.readouterr().err.strip()
     assert err.startswith("kdtune: error: --address ray://127.0.0.1:9: cannot connect")
     assert "\n" not in err and not (tmp_path / "runs").exists()
-    # and this process can still start an embedded Ray afterwards
+    # and this process can still start an embedded Ray afterwards (the session's shared one,
+    # which the next test joins)
+    from kdtune.session import init_ray
 
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    ray.shutdown()
+    init_ray(None, lambda line: None)
+    assert ray.is_initialized()
 
 
 def test_validate_shows_each_roles_request(write_spec, capsys):
