@@ -72,3 +72,4 @@ def embedded_ray(_ray_for_the_session):
 
     init_ray(None, lambda line: None)
     yield
+

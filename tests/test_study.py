@@ -190,12 +190,14 @@ def test_every_method_runs_in_a_study_with_one_class_omitted(tiny_spec_dict, wri
     assert gains["at"]["baseline"] == "scratch" and gains["at"]["omitted_class"] == 3
 
 
-def test_study_stores_complexity_and_knobs_per_dataset(tiny_spec_dict, tmp_path):
+def test_study_stores_complexity_and_knobs_per_dataset(tiny_spec_dict, tmp_path,
+                                                        embedded_ray):
     tiny_spec_dict["datasets"] = [{"name": "digits", "label_noise": 0.0},
                                   {"name": "digits", "label_noise": 0.3},
                                   {"name": "digits", "max_train": 300, "resolution": 4}]
     spec = resolve_paths(parse_spec(tiny_spec_dict), str(tmp_path / "s"), None)
-    study = Study.create(spec, "spec text", log=lambda _: None)  # no Ray: only the checks
+    # Study.create joins Ray (it plans resources on the cluster): the session's shared one
+    study = Study.create(spec, "spec text", log=lambda _: None)
     rows = pq.read_table(study.run_dir / "datasets.parquet").to_pylist()
     assert [r["dataset"] for r in rows] == [ds.label for ds in spec.datasets]
     assert [(r["knob"], r["knob_value"]) for r in rows] == [
