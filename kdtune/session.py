@@ -92,6 +92,13 @@ def _start_embedded(log: Callable[[str], None], attempts: int = 2) -> None:
     suite: "The current node timed out during startup")."""
     import ray
 
+    # Ray starts its workers at nice 15 (above the driver's), so a trial yields a core to any
+    # other process of the machine at once: with a background process using 30 % of one core,
+    # the quickstart's trials ran 13 % longer than bare PyTorch at nice 15 and 7 % at 0 (Ray's
+    # share 0.19 against 0.14; benchmarks/README.md, 2026-12-06). An embedded Ray's trials run
+    # at kdtune's own priority, as a training script would; `nice kdtune run` lowers them all.
+    # Read by the raylet when it starts; a cluster's nodes keep their own setting.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     for attempt in range(1, attempts + 1):
         try:
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
