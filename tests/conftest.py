@@ -16,11 +16,10 @@ import yaml
 if os.environ.get("PYTEST_XDIST_WORKER") and "RAY_TMPDIR" not in os.environ:
     os.environ["RAY_TMPDIR"] = f"/tmp/ray-{os.environ['PYTEST_XDIST_WORKER']}"
     os.makedirs(os.environ["RAY_TMPDIR"], exist_ok=True)
-# The tests' Rays run their trial workers at Ray's own default, nice 15, not at kdtune's (the
-# driver's, kdtune.session): with two test workers on two cores, one worker's trials at normal
-# priority slowed the other's Ray starts, which Ray gives a fixed 30 s (an error in one of two
-# parallel runs beside a busy loop, 2026-12-06). test_resources checks kdtune's own default in
-# a process without this setting.
+# The tests' Rays keep Ray's default, trial workers at nice 15, instead of kdtune's (the
+# driver's; kdtune.session): with two test workers on two cores, one worker's trials at normal
+# priority slow the other's Ray starts, which Ray gives a fixed 30 s (an error in one of two
+# parallel runs beside a busy loop, 2026-12-06). test_resources checks kdtune's own default.
 os.environ.setdefault("RAY_worker_niceness", "15")
 
 TINY_SPEC = {

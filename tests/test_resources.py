@@ -413,9 +413,7 @@ ray.shutdown()
 
 @pytest.mark.slow
 def test_an_embedded_rays_trials_run_at_the_drivers_priority():
-    """Ray's default starts workers at nice 15, where any other process of the machine takes a
-    trial's core at once (the quickstart's trials ran 13 % longer than bare PyTorch beside a
-    background process using 30 % of a core, 7 % at kdtune's own priority). In a process of
+    """Not Ray's default of nice 15 (why: ``kdtune.session._start_embedded``). In a process of
     its own, without the tests' setting (conftest.py) and under ``nice -n 3``: the trials
     follow the driver, not a fixed value."""
     import os
