@@ -349,6 +349,7 @@ class ResultsStore:
         self.trials = read_rows(self.run_dir / TRIALS_FILE, TRIAL_KEY)
         self.epochs = read_rows(self.run_dir / EPOCHS_FILE, EPOCH_KEY)
         self._index = {r["trial_id"]: i for i, r in enumerate(self.trials)}
+        self.revision = 0  # counts finished trials recorded: what depends on the rows can cache
         self._pending_epochs: dict[str, list[dict[str, Any]]] = {}
 
     def add_epoch(self, row: dict[str, Any], replace: bool = True) -> None:
@@ -365,6 +366,7 @@ class ResultsStore:
 
     def finish_trial(self, row: dict[str, Any]) -> None:
         trial_id = row["trial_id"]
+        self.revision += 1
         if trial_id in self._index:  # recorded again (rare): the new row replaces it
             self.trials[self._index[trial_id]] = row
             self.epochs = [r for r in self.epochs if r["trial_id"] != trial_id]
