@@ -45,6 +45,7 @@ QUICKSTART_TARGET = 0.15  # the quickstart's half-second trials (issue 16)
 
 
 def target_for(spec_path: str) -> float:
+    """The target of the spec at ``spec_path``: the quickstart's, or a realistic spec's."""
     return QUICKSTART_TARGET if Path(spec_path).name == "quickstart.yaml" else TARGET
 
 

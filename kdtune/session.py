@@ -56,8 +56,8 @@ def init_ray(address: str | None, log: Callable[[str], None]) -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # Tune snapshots its whole experiment state (every trial, pickled) every ~10 s for a
     # Tuner.restore kdtune never does (a run resumes from trials.parquet and the Optuna
-    # journal): 2.3 s of the driver's CPU in the quickstart's py-spy profile (2026-12-06),
-    # growing with the trials. Every 5 minutes, and when a Tuner ends, is enough for a reader.
+    # journal): 2.3 s of the samples of a py-spy profile of the quickstart's driver
+    # (2026-12-06), growing with the trials. Every 5 minutes, and when a Tuner ends, is enough for a reader.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "300")
     import optuna
     import ray

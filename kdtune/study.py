@@ -412,14 +412,14 @@ class Study:
         config (on validation) retrained on every seed its comparison asks for so far
         (:mod:`kdtune.finals`), and under ``final.resplit`` the teacher of each seed's split
         first. Called again whenever a trial ends."""
-        # Tune asks for a trial at every turn of its loop while the slots are full (~3,000
-        # times in the quickstart, 2.2 s of the driver's CPU in a py-spy profile, 2026-12-06);
-        # the answer changes only when a trial is recorded or a teacher's state does. Not
-        # cached while waiting for another study's teacher: that is looked at on a clock
-        key = (self.store.revision, frozenset(searched), frozenset(self._unready),
-               frozenset(self._claims), frozenset(self._ended))
+        # Tune asks for a trial at every turn of its loop while the slots are full (2.2 s of
+        # the samples of a py-spy profile of the quickstart's driver, 2026-12-06); the answer
+        # changes only when a trial is recorded or a teacher's state does. Not cached while
+        # waiting for another study's teacher: that is looked at on a clock
         if self._waiting or self.spec.final.resplit:
             return self._needed(searched)
+        key = (self.store.revision, frozenset(searched), frozenset(self._unready),
+               frozenset(self._claims), frozenset(self._ended))
         if self._pending_memo is None or self._pending_memo[0] != key:
             self._pending_memo = (key, self._needed(searched))
         return list(self._pending_memo[1])
