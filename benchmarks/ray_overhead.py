@@ -62,6 +62,19 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def busy_cpu_s() -> float | None:
+    """CPU seconds the whole machine has been busy since boot (``/proc/stat``: user, nice,
+    system, irq, softirq, steal), or None where there is no ``/proc/stat``. Two readings around a
+    run say how much of the cores' time it used, and so how much of its wall time was idle."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()[1:9]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields)
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 # ----------------------------------------------------------------------------- kdtune on Ray
 
 def run_kdtune(spec, spec_text: str, storage: Path, log) -> tuple[Path, float, dict[str, float]]:
@@ -278,6 +291,7 @@ def main() -> int:
     from kdtune.preflight import resolve_paths
     from kdtune.rundir import read_rows
     from kdtune.spec import load_spec
+    from kdtune.stats import t_interval
 
     log = print if args.verbose else (lambda line: None)
     spec_text = Path(args.spec).read_text()
@@ -295,6 +309,7 @@ def main() -> int:
         run_dir = None
         for rep in range(args.repeats):
             for kind in (("kdtune", "bare") if rep % 2 == 0 else ("bare", "kdtune")):
+                busy_before = busy_cpu_s()
                 if kind == "kdtune":
                     where, wall, phases = run_kdtune(spec, spec_text, Path(tmp) / f"ray{rep}", log)
                     run_dir = run_dir or where
@@ -306,7 +321,11 @@ def main() -> int:
                     parallel = max(1, int(cluster_cpus // spec.resources.cpus))
                     wall, phases, per_trial = run_bare(spec, run_dir, parallel)
                     in_trial = sum(per_trial.values())
+                busy_after = busy_cpu_s()
+                busy = None if busy_before is None or busy_after is None else round(
+                    busy_after - busy_before, 1)  # the kdtune run's report included
                 runs.append({"kind": kind, "wall_s": round(wall, 2), "load": _load(),
+                             "busy_cpu_s": busy,
                              "sum_in_trial_s": round(in_trial, 2),
                              "phases_s": {k: round(v, 2) for k, v in phases.items()}})
                 print(f"{kind}: {wall:.1f}s (load {runs[-1]['load']})")
@@ -314,15 +333,17 @@ def main() -> int:
         epochs = read_rows(run_dir / "epochs.parquet")
         t_ray = sum(r["wall_s"] for r in runs if r["kind"] == "kdtune") / args.repeats
         t_bare = sum(r["wall_s"] for r in runs if r["kind"] == "bare") / args.repeats
+        pairs = [round((k["wall_s"] - b["wall_s"]) / k["wall_s"], 4) for k, b in zip(
+            [r for r in runs if r["kind"] == "kdtune"],
+            [r for r in runs if r["kind"] == "bare"], strict=True)]
         out["overhead"] = {
             "kdtune_wall_s": round(t_ray, 2), "bare_wall_s": round(t_bare, 2),
             "parallel_trials": parallel, "trials": len(trials), "repeats": args.repeats,
             "ray_overhead": round((t_ray - t_bare) / t_ray, 4), "runs": runs,
             # each kdtune run against the bare run beside it (ABBA: run i of each kind): the
             # spread of the pairs says how far one figure can be trusted
-            "pairs": [round((k["wall_s"] - b["wall_s"]) / k["wall_s"], 4) for k, b in zip(
-                [r for r in runs if r["kind"] == "kdtune"],
-                [r for r in runs if r["kind"] == "bare"], strict=True)],
+            "pairs": pairs,
+            "pairs_mean_ci95": [round(x, 4) for x in t_interval(pairs)],
             "target": target_for(args.spec),
         }
         out["loadavg"]["after_overhead"] = _load()
@@ -366,6 +387,13 @@ def main() -> int:
     return 0
 
 
+def _interval(mean_low_high: list[float] | None) -> str:
+    if not mean_low_high or any(x != x for x in mean_low_high):  # NaN: fewer than two pairs
+        return "n/a (one pair)"
+    mean, low, high = mean_low_high
+    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
 def write_results(out: dict[str, Any], folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -385,11 +413,13 @@ def write_results(out: dict[str, Any], folder: Path) -> Path:
         f"{o['repeats']} runs each, ABBA order; {o['parallel_trials']} trials at a time, "
         f"{o['trials']} trials)",
         f"- **ray_overhead = {o['ray_overhead']:.3f}** (target {o['target']}; pairs "
-        f"{', '.join(f'{p:.3f}' for p in o['pairs'])})",
+        f"{', '.join(f'{p:.3f}' for p in o['pairs'])}; their mean and 95 % t-interval "
+        f"{_interval(o.get('pairs_mean_ci95'))})",
     ]
     for r in o["runs"]:
+        busy = "" if r.get("busy_cpu_s") is None else f", machine busy {r['busy_cpu_s']} CPU-s"
         lines.append(f"  - {r['kind']}: {r['wall_s']}s, load after {r['load']}, time inside "
-                     f"trials {r['sum_in_trial_s']}s, phases {r['phases_s']}")
+                     f"trials {r['sum_in_trial_s']}s{busy}, phases {r['phases_s']}")
     lines += [
         "",
         f"ASHA replayed on the ASHA-off curves (grace {a['grace_period']}, rf "
