@@ -20,6 +20,33 @@ from typing import Any
 from kdtune.cluster import ClusterError, cluster_summary
 
 
+def close_abandoned_channels() -> None:
+    """Close the gRPC channel that a failed Ray Client connect leaves open.
+
+    Ray Client gives up on a server it cannot reach without closing its channel
+    (``ray.util.client.worker.Worker._connect_channel``), and the channel's subscription keeps
+    a thread polling it for good. A later fork in this process then races that thread: an
+    embedded ``ray.init`` after a failed ``ray://`` connect, beside two busy processes, hit
+    Ray's 30-s wait for its GCS in 3 of 6 tries (2026-12-06; once in this project's CI); gRPC
+    and fork race the same way in ray-project/ray#63202. The worker that owns the channel
+    was never handed to Ray's client API (its constructor raised), so only the garbage
+    collector still knows it; this runs on the error path alone.
+    """
+    import gc
+
+    from ray.util.client.worker import Worker
+
+    for obj in gc.get_objects():
+        channel = getattr(obj, "channel", None) if isinstance(obj, Worker) else None
+        if channel is not None:
+            try:
+                channel.unsubscribe(obj._on_channel_state_change)
+                channel.close()
+            except Exception:  # noqa: BLE001 - already closed, or a Ray without these: harmless
+                pass
+            obj.channel = None
+
+
 def check_client_paths(address: str, paths: dict[str, str | None]) -> None:
     """Under Ray Client, kdtune's driver runs on the cluster, so every folder it is given must
     mean the same there: an absolute path (a shared mount) or a URI, never one relative to
@@ -112,6 +139,7 @@ def run_through_ray_client(address: str, argv: list[str],
             break
         except Exception as error:  # the server's traceback spans lines; the last says why
             ray.shutdown()  # a failed connect leaves Ray in client mode: a later init would fail
+            close_abandoned_channels()
             why = (str(error).strip().splitlines() or [type(error).__name__])[-1].strip()
             # the client server starts a session process per client, and that start can fail
             # once (seen here: it exited at once, its log empty); a second one then comes up

@@ -3,6 +3,9 @@ before any trial starts. The GPU arithmetic is checked here on CPU with made-up 
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from kdtune.cluster import ResourcesByMethod
@@ -314,11 +317,21 @@ def test_an_unreachable_ray_client_address_is_one_line(tiny_spec_dict, write_spe
     monkeypatch.setattr(client_worker, "INITIAL_TIMEOUT_SEC", 1)
     monkeypatch.setattr(client_worker, "MAX_TIMEOUT_SEC", 1)
 
+    threads_before = set(threading.enumerate())
     assert main(["run", str(write_spec(tiny_spec_dict)), "--storage", str(tmp_path / "runs"),
                  "--address", "ray://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("kdtune: error: --address ray://127.0.0.1:9: cannot connect")
     assert "\n" not in err and not (tmp_path / "runs").exists()
+    # Ray Client leaves a thread polling the channel of the failed connect, which a later fork
+    # (ray.init below) races; kdtune closes that channel, and the thread ends within 0.2 s
+    deadline = time.monotonic() + 5
+    while True:
+        left = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not left, f"threads left by the failed connect: {left}"
     # and this process can still start an embedded Ray afterwards (the session's shared one,
     # which the next test joins)
     from kdtune.session import init_ray
