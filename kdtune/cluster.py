@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import uuid
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,35 @@ def cluster_address(address: str | None) -> str | None:
                            f"'kdtune[client]' (or run kdtune on a node of the cluster with "
                            f"--address auto, or submit it: ray job submit -- kdtune run SPEC)")
     return address
+
+
+def check_reachable(address: str, source: str = "--address", timeout_s: float = 5.0) -> None:
+    """Raise :class:`ClusterError` unless something accepts a connection where Ray would look
+    for the cluster at ``address`` (``auto``: the cluster ``ray start`` last started on this
+    machine; ``source`` names where the address came from, for the message).
+
+    ``ray.init`` itself waits on a GCS that does not answer for good, printing a log line every
+    few seconds (2026-12-06: ``--address 127.0.0.1:9`` still waiting after 150 s), and reports
+    an ``auto`` that finds no cluster with a traceback. Probed at the address Ray connects to
+    (it turns ``localhost`` into this machine's IP).
+    """
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        resolved = canonicalize_bootstrap_address(address)
+    except Exception as error:  # noqa: BLE001 - ConnectionError (auto: none), ValueError (form)
+        why = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ClusterError(f"{source} {address}: {why}") from None
+    if resolved is None:  # "local": Ray starts a cluster in this process
+        return
+    host, _, port = resolved.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as error:
+        raise ClusterError(f"{source} {address}: no Ray cluster answers at {resolved} "
+                           f"({type(error).__name__}: {error}); start one with `ray start "
+                           f"--head`, or leave --address out to run on this machine") from None
 
 
 def is_ray_client(address: str | None) -> bool:

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from kdtune.cluster import cluster_address, cluster_summary
+from kdtune.cluster import ClusterError, check_reachable, cluster_address, cluster_summary
 
 # Set by Ctrl-C or SIGTERM. A KeyboardInterrupt raised by the handler is lost when it lands in
 # a __del__ (Ray's actor handles are collected mid-stage), so the run also checks this flag at
@@ -70,11 +70,18 @@ def init_ray(address: str | None, log: Callable[[str], None]) -> None:
     if ray.is_initialized():
         return
     started = time.perf_counter()
+    source = "--address" if address else "RAY_ADDRESS"
     address = cluster_address(address)
     if address:
+        check_reachable(address, source)
         # an existing cluster (--address, or RAY_ADDRESS inside `ray job submit`): kdtune
         # opens no port of its own there; the cluster's ports are those `ray start` opened
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        except ConnectionError as error:  # something answered there, but no Ray (~20 s)
+            ray.shutdown()
+            raise ClusterError(f"{source} {address}: {str(error).strip() or 'no Ray there'}") \
+                from None
         where = f"cluster at {address}"
     else:
         # Dashboard off, and every Ray service bound to loopback, so an embedded run opens no

@@ -3,6 +3,7 @@ before any trial starts. The GPU arithmetic is checked here on CPU with made-up 
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -338,6 +339,77 @@ def test_an_unreachable_ray_client_address_is_one_line(tiny_spec_dict, write_spe
 
     init_ray(None, lambda line: None)
     assert ray.is_initialized()
+
+
+def test_a_cluster_address_where_nothing_answers_is_one_line(tiny_spec_dict, write_spec,
+                                                             tmp_path, capsys, monkeypatch):
+    # Ray itself waits on a refused GCS address for good, printing a log line every few seconds
+    import ray
+
+    from kdtune.cli import main
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh `kdtune run`
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("ray.init was reached"))
+    with socket.socket() as closed:  # a port nothing listens on (bound, then let go)
+        closed.bind(("0.0.0.0", 0))
+        port = closed.getsockname()[1]
+    started = time.monotonic()
+    assert main(["run", str(write_spec(tiny_spec_dict)), "--storage", str(tmp_path / "runs"),
+                 "--address", f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"kdtune: error: --address 127.0.0.1:{port}: no Ray cluster answers at ")
+    assert "ConnectionRefusedError" in err and "\n" not in err
+    # no run directory: the storage check before it leaves the storage folder, empty
+    assert not any((tmp_path / "runs").iterdir()) and time.monotonic() - started < 30
+
+
+def test_check_reachable_passes_a_listening_port_and_names_the_source():
+    from kdtune.cluster import ClusterError, check_reachable
+
+    with socket.socket() as server:
+        server.bind(("0.0.0.0", 0))
+        server.listen()
+        check_reachable(f"127.0.0.1:{server.getsockname()[1]}")  # Ray's node IP: bound too
+        port = server.getsockname()[1]
+    with pytest.raises(ClusterError, match=rf"^RAY_ADDRESS 127\.0\.0\.1:{port}: no Ray cluster"):
+        check_reachable(f"127.0.0.1:{port}", "RAY_ADDRESS")
+
+
+def test_an_auto_address_without_a_cluster_is_one_line(monkeypatch):
+    import ray._private.services as services
+
+    from kdtune.cluster import ClusterError, check_reachable
+
+    def none_found(address, temp_dir=None):
+        raise ConnectionError("Could not find any running Ray instance. Please specify one.\n"
+                              "(a second line)")
+
+    monkeypatch.setattr(services, "canonicalize_bootstrap_address", none_found)
+    with pytest.raises(ClusterError) as caught:
+        check_reachable("auto")
+    assert str(caught.value) == "--address auto: Could not find any running Ray instance. " \
+                                "Please specify one."
+
+
+def test_an_address_that_answers_without_ray_is_one_line(monkeypatch):
+    # this sandbox's network accepts any TCP connection; Ray then gives up after ~20 s with a
+    # ConnectionError of its own, which kdtune says in one line
+    import ray
+
+    from kdtune import session
+    from kdtune.cluster import ClusterError
+
+    def refuse(*args, **kwargs):
+        raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)  # the test session's Ray stays up
+    monkeypatch.setattr(session, "check_reachable", lambda address, source: None)
+    with pytest.raises(ClusterError) as caught:
+        session.init_ray("10.0.0.1:6379", lambda line: None)
+    assert str(caught.value) == ("--address 10.0.0.1:6379: Failed to connect to Ray cluster at "
+                                 "10.0.0.1:6379")
 
 
 def test_validate_shows_each_roles_request(write_spec, capsys):
