@@ -29,9 +29,9 @@ def close_abandoned_channels() -> None:
     embedded ``ray.init`` after a failed ``ray://`` connect, beside two busy processes, hit
     Ray's 30-s wait for its GCS in 5 of 12 tries, and in none of 12 with the channel closed
     (2026-12-06; once in this project's CI); gRPC and fork race the same way in
-    ray-project/ray#63202. The worker that owns the channel
-    was never handed to Ray's client API (its constructor raised), so only the garbage
-    collector still knows it; this runs on the error path alone.
+    ray-project/ray#63202. The worker that owns the channel was never handed to Ray's client
+    API (its constructor raised), so only the garbage collector still knows it; this runs on
+    the error path alone.
     """
     import gc
 

@@ -80,8 +80,8 @@ def init_ray(address: str | None, log: Callable[[str], None]) -> None:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except ConnectionError as error:  # something answered there, but no Ray (~20 s)
             ray.shutdown()
-            raise ClusterError(f"{source} {address}: {str(error).strip() or 'no Ray there'}") \
-                from None
+            why = (str(error).strip().splitlines() or ["no Ray there"])[0]
+            raise ClusterError(f"{source} {address}: {why}") from None
         where = f"cluster at {address}"
     else:
         # Dashboard off, and every Ray service bound to loopback, so an embedded run opens no
