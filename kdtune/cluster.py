@@ -13,6 +13,7 @@ from typing import Any
 
 from kdtune.job import flat_config
 from kdtune.resources import ResourcePlan, role_of
+from kdtune.rundir import first_line
 from kdtune.storage import StorageError, as_location, delete, exists, is_uri, join, write_bytes
 
 
@@ -46,8 +47,7 @@ def check_reachable(address: str, source: str = "--address", timeout_s: float = 
     try:
         resolved = canonicalize_bootstrap_address(address)
     except Exception as error:  # noqa: BLE001 - ConnectionError (auto: none), ValueError (form)
-        why = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ClusterError(f"{source} {address}: {why}") from None
+        raise ClusterError(f"{source} {address}: {first_line(error)}") from None
     if resolved is None:  # "local": Ray starts a cluster in this process
         return
     host, _, port = resolved.rpartition(":")

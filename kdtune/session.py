@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from kdtune.cluster import ClusterError, check_reachable, cluster_address, cluster_summary
+from kdtune.rundir import first_line
 
 # Set by Ctrl-C or SIGTERM. A KeyboardInterrupt raised by the handler is lost when it lands in
 # a __del__ (Ray's actor handles are collected mid-stage), so the run also checks this flag at
@@ -80,8 +81,7 @@ def init_ray(address: str | None, log: Callable[[str], None]) -> None:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except ConnectionError as error:  # something answered there, but no Ray (~20 s)
             ray.shutdown()
-            why = (str(error).strip().splitlines() or ["no Ray there"])[0]
-            raise ClusterError(f"{source} {address}: {why}") from None
+            raise ClusterError(f"{source} {address}: {first_line(error)}") from None
         where = f"cluster at {address}"
     else:
         # Dashboard off, and every Ray service bound to loopback, so an embedded run opens no
