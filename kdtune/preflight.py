@@ -109,9 +109,12 @@ def check_datasets(spec: StudySpec, log: Callable[[str], None] | None = None,
     return rows
 
 
-def check_storage(storage: str | Path, min_free: int = MIN_FREE_BYTES) -> None:
+def check_storage(storage: str | Path, min_free: int = MIN_FREE_BYTES) -> Path | None:
     """Fail before any trial starts if ``storage`` cannot take a run: unwritable or full (an
-    object store: unreachable or unwritable)."""
+    object store: unreachable or unwritable).
+
+    Returns the topmost folder this check made (None where the storage existed, or is a URI),
+    for :func:`remove_made_folders` when a later check fails."""
     if is_uri(storage):
         try:
             check_writable(str(storage))
@@ -119,8 +122,13 @@ def check_storage(storage: str | Path, min_free: int = MIN_FREE_BYTES) -> None:
             first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             raise StorageError(f"storage {storage}: not reachable or not writable "
                                f"({first})") from None
-        return
+        return None
     storage = Path(storage)
+    made = None
+    for folder in (storage, *storage.parents):  # the topmost of those mkdir is about to make
+        if folder.exists():
+            break
+        made = folder
     probe = storage / f".kdtune-write-test-{os.getpid()}"
     try:
         storage.mkdir(parents=True, exist_ok=True)
@@ -128,12 +136,34 @@ def check_storage(storage: str | Path, min_free: int = MIN_FREE_BYTES) -> None:
             probe.write_bytes(b"x" * 65536)  # a full disk fails here, not only a read-only one
         finally:
             probe.unlink(missing_ok=True)
+        free = shutil.disk_usage(storage).free
+        if free < min_free:
+            raise StorageError(f"storage {storage}: only {free // 2**20} MiB free, need at "
+                               f"least {min_free // 2**20} MiB")
     except OSError as error:
+        remove_made_folders(storage, made)
         raise StorageError(f"storage {storage}: not writable ({error.strerror or error})") from None
-    free = shutil.disk_usage(storage).free
-    if free < min_free:
-        raise StorageError(f"storage {storage}: only {free // 2**20} MiB free, need at least "
-                           f"{min_free // 2**20} MiB")
+    except StorageError:
+        remove_made_folders(storage, made)
+        raise
+    return made
+
+
+def remove_made_folders(storage: str | Path, made: Path | None) -> None:
+    """Take away the folders :func:`check_storage` made for ``storage`` (from ``storage`` up to
+    ``made``), each only while it is still empty: a check that fails after it leaves nothing
+    behind."""
+    if made is None:
+        return
+    folder = Path(storage)
+    while True:
+        try:
+            folder.rmdir()  # only an empty folder
+        except OSError:
+            return
+        if folder == made:
+            return
+        folder = folder.parent
 
 
 class _Refused(Exception):

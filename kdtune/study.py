@@ -35,6 +35,7 @@ from kdtune.preflight import (
     check_search_storage,
     check_storage,
     checked_teacher,
+    remove_made_folders,
     repair_journal,
 )
 from kdtune.progress import Progress, plan_from_spec
@@ -136,20 +137,25 @@ class Study:
         the run directory: a check that fails leaves nothing behind."""
         progress = progress or Progress("plain", write=log)
         log = progress.log
-        check_storage(spec.storage)
-        check_search_storage(spec)
-        tracking.check(spec)
-        # kept for the run: trials get them through Ray's object store
-        splits = [ds.load() for ds in spec.datasets]
-        dataset_rows = check_datasets(spec, log, splits)
-        complexity = {row["dataset"]: row.get("complexity_score") for row in dataset_rows}
-        warm = choose_warm_start(spec, {stage_name("search", ds.label, method):
-                                        (method, complexity.get(ds.label))
-                                        for ds in spec.datasets for method in spec.methods}, log)
-        init_ray(address, log)
-        if check_shared_storage(spec.storage) > 1:
-            log(f"storage {spec.storage}: visible and writable from every node")
-        plan = plan_resources(spec, splits, log)
+        made = check_storage(spec.storage)
+        try:
+            check_search_storage(spec)
+            tracking.check(spec)
+            # kept for the run: trials get them through Ray's object store
+            splits = [ds.load() for ds in spec.datasets]
+            dataset_rows = check_datasets(spec, log, splits)
+            complexity = {row["dataset"]: row.get("complexity_score") for row in dataset_rows}
+            warm = choose_warm_start(spec, {stage_name("search", ds.label, method):
+                                            (method, complexity.get(ds.label))
+                                            for ds in spec.datasets for method in spec.methods},
+                                     log)
+            init_ray(address, log)
+            if check_shared_storage(spec.storage) > 1:
+                log(f"storage {spec.storage}: visible and writable from every node")
+            plan = plan_resources(spec, splits, log)
+        except BaseException:  # Ctrl-C included: the storage folder this run made goes too
+            remove_made_folders(spec.storage, made)
+            raise
         location = new_run_dir(spec.storage, spec.study)
         remote = str(location) if is_uri(location) else None
         run_dir = staging_dir(remote) if remote else Path(location)

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from kdtune.rundir import first_line
 from kdtune.storage import (
     Location,
     delete,
@@ -151,17 +152,12 @@ def read_record(teacher: Location) -> tuple[dict[str, Any] | None, str | None]:
             return None, None
         data = json.loads(_read_text(path))
     except (OSError, ValueError) as error:  # UnicodeDecodeError is a ValueError
-        return None, _first_line(error)
+        return None, first_line(error)
     if not isinstance(data, dict):
         return None, "not a JSON object"
     if not isinstance(data.get("size"), int) or not isinstance(data.get("sha256"), str):
         return None, "no size and sha256 in it"
     return data, None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__
 
 
 def _read_text(location: Location) -> str:
@@ -351,7 +347,7 @@ class Heartbeat:
                                  "another study (this one's heartbeat was late); both train it")
                 except OSError as error:  # a storage hiccup: the next beat tries again
                     self.log(f"teacher {claim.teacher_id}: could not renew its claim "
-                             f"({_first_line(error)})")
+                             f"({first_line(error)})")
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()

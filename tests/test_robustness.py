@@ -128,7 +128,39 @@ def test_full_storage_is_refused_before_anything(tiny_spec_dict, write_spec, tmp
     storage = tmp_path / "runs"
     assert main(["run", str(write_spec(tiny_spec_dict)), "--storage", str(storage)]) == 2
     assert "only 5 MiB free" in capsys.readouterr().err
-    assert list(storage.iterdir()) == []  # the check wrote nothing that stays
+    assert not storage.exists()  # the check made the folder, and took it away again
+
+
+def test_storage_check_takes_away_only_the_empty_folders_it_made(tmp_path):
+    from kdtune.preflight import check_storage, remove_made_folders
+
+    assert check_storage(tmp_path) is None  # it existed: nothing to take away
+    remove_made_folders(tmp_path, None)
+    assert tmp_path.is_dir()
+    storage = tmp_path / "a" / "b" / "c"
+    made = check_storage(storage)
+    assert made == tmp_path / "a" and storage.is_dir()
+    (tmp_path / "a" / "b" / "kept.txt").write_text("x")  # something else wrote there since
+    remove_made_folders(storage, made)
+    assert not storage.exists() and (tmp_path / "a" / "b" / "kept.txt").exists()
+    (tmp_path / "a" / "b" / "kept.txt").unlink()
+    remove_made_folders(tmp_path / "a" / "b", made)
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_before_the_run_directory_leaves_no_storage_folder(tiny_spec_dict, tmp_path,
+                                                                  monkeypatch):
+    from kdtune import study as study_module
+    from kdtune.spec import parse_spec
+
+    def interrupted(address, log):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study_module, "init_ray", interrupted)
+    spec = parse_spec(tiny_spec_dict).model_copy(update={"storage": str(tmp_path / "new" / "runs")})
+    with pytest.raises(KeyboardInterrupt):
+        study_module.Study.create(spec, "study: tiny\n", log=lambda line: None)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_dataset_is_one_line_exit_2(tiny_spec_dict, write_spec, tmp_path, capsys):
@@ -137,7 +169,7 @@ def test_missing_dataset_is_one_line_exit_2(tiny_spec_dict, write_spec, tmp_path
     assert main(["run", str(write_spec(tiny_spec_dict)), "--storage", str(storage)]) == 2
     err = capsys.readouterr().err.strip()
     assert "--download" in err and "\n" not in err
-    assert not any(p.is_dir() for p in storage.iterdir())  # no run directory
+    assert not storage.exists()  # no run directory, and no storage folder made for it
 
 
 # ----------------------------------------------------------------------------- atomic writes
