@@ -158,7 +158,7 @@ def _report(run_dirs: list[str], out: str | None) -> int:
 
     try:
         started = time.perf_counter()
-        path = build_report(run_dirs, out)
+        path = build_report(run_dirs, out, log=lambda line: print(line, file=sys.stderr))
     except (ReportError, StorageError) as error:  # StorageError: a damaged run file
         return fail(str(error))
     print(path)  # alone on stdout, for scripts

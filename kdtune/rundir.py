@@ -176,10 +176,25 @@ def first_line(error: BaseException) -> str:
     return text[0][:200] if text else type(error).__name__
 
 
+def _part_repair(part: Path) -> str:
+    """What to do about a damaged part of ``trials.parquet`` or ``epochs.parquet``: what moving
+    it away costs. A part holds the rows of one write (one trial), or, once compacted (at the end
+    of a run, by ``kdtune report``), every row: then it is the only part in its folder."""
+    table = re.sub(r"\.v\d+$", "", part.parent.name.lstrip("."))  # .trials.parquet.v2
+    alone = len([p for p in part.parent.iterdir() if p.name.startswith("part-")]) == 1
+    if table == EPOCHS_FILE:
+        lost = "" if alone else " for the trials it held"
+        return f"restore it from a copy, or move it away (the report then shows no learning " \
+               f"curves{lost})"
+    again = "every trial again (it is the only part)" if alone else \
+        "the trials it held again (a search trial as a new Optuna trial)"
+    return f"restore it from a copy, or move it away: kdtune resume then runs {again}"
+
+
 def damaged(path: Path, error: BaseException) -> RunFileError:
     """The one-line error for a run file that cannot be read."""
     if path.name.startswith("part-"):
-        what = f"move that part away to record its trial again ({path.parent.name.lstrip('.')})"
+        what = _part_repair(path)
     else:
         what = REPAIR.get(path.name, "restore it from a copy")
     return RunFileError(f"{path}: damaged, cannot read it ({first_line(error)}); {what}")

@@ -30,7 +30,10 @@ MATRIX = {
     "run.json": ({0}, {0}),
     "spec.yaml": ({2}, {0}),  # the report reads a spec as text and never needs it whole
     "optuna/journal.log": ({0}, {0}),
+    "gains.parquet": ({0}, {0}),  # written anew from trials.parquet, and said so
+    "trends.parquet": ({0}, {0}),
 }
+WRITTEN_ANEW = ("gains.parquet", "trends.parquet")
 
 
 def _damage(path: Path, how: str) -> None:
@@ -98,6 +101,12 @@ def test_a_damaged_run_file(finished, name, how, tmp_path, capsys):
             if name in ("run.json", "optuna/journal.log") and command == "resume" \
                     and how == "garbage":
                 assert "damaged" in out  # said so
+            if name in WRITTEN_ANEW:  # readable again, the same rows as before the damage
+                assert pq.read_table(run_dir / name).to_pandas().equals(  # NaN == NaN here
+                    pq.read_table(original / name).to_pandas())
+                if command == "report":  # said in one line (resume rewrites them as it ends)
+                    assert f"{run_dir / name}: damaged (" in err
+                    assert err.count("written anew") == 1
 
 
 @pytest.mark.parametrize("how", DAMAGES)

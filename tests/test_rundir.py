@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 
 from kdtune.rundir import (
+    EPOCH_SCHEMA,
     EPOCHS_FILE,
     TRIAL_SCHEMA,
     TRIALS_FILE,
     PartsTable,
     ResultsStore,
+    RunFileError,
     compact_run,
     read_rows,
     write_table_atomic,
@@ -87,3 +90,30 @@ def test_a_part_half_written_at_a_kill_is_never_read(tmp_path):
     (folder / ".part-00000001.parquet.abc.tmp").write_bytes(b"PAR1 half a file")
     assert [r["trial_id"] for r in read_rows(tmp_path / TRIALS_FILE)] == ["t0"]
     assert len(pd.read_parquet(tmp_path / TRIALS_FILE)) == 1
+
+
+def test_a_damaged_part_says_what_moving_it_away_costs(tmp_path):
+    trials = PartsTable(tmp_path / TRIALS_FILE, TRIAL_SCHEMA)
+    first = trials.append([_trial(0)])
+    trials.append([_trial(1)])
+    first.write_bytes(b"not parquet")
+    with pytest.raises(RunFileError) as one_of_two:
+        read_rows(tmp_path / TRIALS_FILE)
+    assert str(one_of_two.value).startswith(f"{first}: damaged, cannot read it (")
+    assert str(one_of_two.value).endswith("move it away: kdtune resume then runs the trials it "
+                                          "held again (a search trial as a new Optuna trial)")
+    first.unlink()
+    compacted = trials.compact() or trials.parts()[0]  # one part left: nothing to merge
+    compacted.write_bytes(b"")
+    with pytest.raises(RunFileError) as the_only:
+        read_rows(tmp_path / TRIALS_FILE)
+    assert str(the_only.value).endswith("kdtune resume then runs every trial again (it is the "
+                                        "only part)")
+    epochs = PartsTable(tmp_path / EPOCHS_FILE, EPOCH_SCHEMA)
+    epochs.append([{"trial_id": "t0", "epoch": 1}])
+    epochs.append([{"trial_id": "t1", "epoch": 1}])
+    epochs.parts()[0].write_bytes(b"x")
+    with pytest.raises(RunFileError) as curves:
+        read_rows(tmp_path / EPOCHS_FILE)
+    assert str(curves.value).endswith("(the report then shows no learning curves for the trials "
+                                      "it held)")

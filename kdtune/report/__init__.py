@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kdtune.report import figures, sections
@@ -151,15 +151,21 @@ def render(runs: list[Run]) -> str:
 
 
 def build_report(run_dir: str | Path | Sequence[str | Path],
-                 out: str | Path | None = None) -> Path:
+                 out: str | Path | None = None,
+                 log: Callable[[str], None] | None = None) -> Path:
     """Write the report of one run directory (default ``run_dir/report.html``), or of several
-    overlaid (``out`` required), and return its path."""
+    overlaid (``out`` required), and return its path; ``log`` hears what reading the runs
+    repaired (a finished run's missing or damaged ``gains.parquet``, written anew)."""
     dirs = [run_dir] if isinstance(run_dir, (str, os.PathLike)) else list(run_dir)
     if not dirs:
         raise ReportError("no run directory given")
     if len(dirs) > 1 and out is None:
         raise ReportError("a comparison of several runs needs --out FILE")
-    page = render(load_runs(dirs))
+    runs = load_runs(dirs)
+    for note_line in (line for run in runs for line in run.notes):
+        if log:
+            log(note_line)
+    page = render(runs)
     out_path = Path(out) if out else Path(dirs[0]) / REPORT_FILE
     write_text_atomic(page, out_path)
     return out_path

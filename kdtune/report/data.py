@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from kdtune import methods as registry
 from kdtune.hparams import HYPERPARAMS
 from kdtune.results import FinalSettings, compute_gains, compute_trends
@@ -23,13 +26,19 @@ from kdtune.rundir import (
     DATASETS_FILE,
     EPOCH_KEY,
     EPOCHS_FILE,
+    GAIN_SCHEMA,
+    GAINS_FILE,
     JOURNAL_FILE,
     RUN_FILE,
     SPEC_FILE,
+    TREND_SCHEMA,
+    TRENDS_FILE,
     TRIAL_KEY,
     TRIALS_FILE,
     compact_run,
+    first_line,
     read_rows,
+    write_table_atomic,
 )
 
 __all__ = ["HYPERPARAMS", "Importance", "ReportError", "Run", "load_run"]
@@ -63,6 +72,7 @@ class Run:
     gains: list[dict[str, Any]] = field(default_factory=list)
     trends: list[dict[str, Any]] = field(default_factory=list)
     importance: dict[tuple[str, str], Importance] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what reading it repaired, to be said
 
     @property
     def dataset_labels(self) -> list[str]:
@@ -164,8 +174,34 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     run.gains = compute_gains(run.trials, run.epochs,
                               FinalSettings.of(final if isinstance(final, dict) else {}))
     run.trends = compute_trends(run.gains, run.datasets)
+    if run.meta.get("status") == "finished":
+        run.notes = restore_results(run)
     run.importance = importances(run)
     return run
+
+
+def restore_results(run: Run) -> list[str]:
+    """A finished run's ``gains.parquet`` and ``trends.parquet`` (the study writes them as it
+    ends, for a user's own pandas), written anew from the rows the report computed where one is
+    missing or cannot be read; one line for each, to be said. A read-only copy stays as it is."""
+    said = []
+    for name, schema, rows in ((GAINS_FILE, GAIN_SCHEMA, run.gains),
+                               (TRENDS_FILE, TREND_SCHEMA, run.trends)):
+        path = run.path / name
+        if not path.exists():
+            why = "missing"
+        else:
+            try:
+                pq.read_metadata(path)
+                continue
+            except (pa.ArrowException, OSError) as error:
+                why = f"damaged ({first_line(error)})"
+        try:
+            write_table_atomic(rows, schema, path)
+        except OSError:
+            continue
+        said.append(f"{path}: {why}; written anew from {TRIALS_FILE}")
+    return said
 
 
 # ----------------------------------------------------------------------------- overview numbers
