@@ -82,8 +82,12 @@ def summary(trials: list[dict[str, Any]], gains: list[dict[str, Any]], wall_s: f
         lines.append(line)
     compared = [g for g in gains if g.get("baseline")]
     if compared:
+        # the interval is over final seeds of the configs the searches chose; another search
+        # (another sampler_seed) can choose others: the quickstart's verdicts on noisy pixels
+        # read PAYS, INCONCLUSIVE and HURTS for sampler seeds 0, 1, 2 (README, 2026-12-07)
         lines.append(f"did distillation pay? test accuracy gain over the baseline, paired 95% "
-                     f"interval, Holm-adjusted over {len(compared)} comparisons:")
+                     f"interval, Holm-adjusted over {len(compared)} comparisons (for the configs "
+                     f"the searches chose: the interval covers seeds, not the search's choice):")
         lines += [verdict_line(g) for g in compared]
     for t in trends or []:
         axis = "complexity" if t["axis"] == "complexity_score" else t["axis"]

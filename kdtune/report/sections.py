@@ -103,7 +103,10 @@ def answer(run: Run) -> str:
             "<b>pays</b> / <b>hurts</b> where the Holm-adjusted paired t-test (over every "
             "comparison of the study) rejects no difference at 5 %, <b>equivalent</b> where "
             "TOST puts the gain inside the equivalence margin, otherwise "
-            "<b>inconclusive</b>.</p>")
+            "<b>inconclusive</b>. Each verdict is for the configs the searches chose (below): "
+            "the interval covers the final seeds' noise, not the search's choice, and another "
+            "search (another <code>search.sampler_seed</code>) can choose configs that read "
+            "differently.</p>")
     trend = [_trend_item(t) for t in run.trends]
     return (head + table(["dataset", "comparison", "gain, pts [95% CI]", "seeds", "verdict",
                           "config (selected on validation)", "notes"], rows, "verdicts")
