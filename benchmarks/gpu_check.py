@@ -47,6 +47,7 @@ from kdtune.data import Splits  # noqa: E402
 from kdtune.distill import Batch  # noqa: E402
 from kdtune.engine import train_epochs, train_step  # noqa: E402
 from kdtune.job import TrialJob  # noqa: E402
+from kdtune.methods.mskd import active_exits  # noqa: E402
 from kdtune.models import build_model  # noqa: E402
 from kdtune.resources import MemoryProbe, Shape, fit_fraction, step_peak_bytes  # noqa: E402
 from kdtune.spec import parse_spec  # noqa: E402
@@ -138,10 +139,14 @@ def check_methods(spec: Any, device: torch.device, n_train: int, cuda: bool) -> 
             if cuda:
                 torch.cuda.set_sync_debug_mode("default")
                 torch.cuda.synchronize()
-        # mskd's loss is a sum over the exits that train, and exits join during the first half
-        # of the budget (kdtune.methods.mskd.active_exits): its total rises by design until
-        # every exit trains, so it is compared from there
-        first = len(losses) // 2 if method == "mskd" else 0
+        # mskd's loss is a sum over the exits that train, and exits join in phases
+        # (kdtune.methods.mskd.active_exits): its total rises by design until every exit
+        # trains, so it is compared from there
+        first = 0
+        n_exits = getattr(trial.distiller, "n_exits", None)  # mskd's distillers alone
+        if n_exits:
+            first = next(e for e in range(len(losses))
+                         if active_exits(e, len(losses), n_exits) == n_exits)
         rows.append({"method": method, "teacher_outputs": trial.teacher_outputs,
                      "first_loss": losses[first], "first_epoch": first + 1,
                      "last_loss": losses[-1], "loss_fell": losses[-1] < losses[first],

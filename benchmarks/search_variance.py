@@ -27,10 +27,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kdtune.rundir import GAINS_FILE, TRIAL_KEY, TRIALS_FILE, read_rows  # noqa: E402
 
 
 def run_study(spec_path: Path, sampler_seed: int, trials: int | None, storage: Path) -> Path:
@@ -51,8 +53,8 @@ def run_study(spec_path: Path, sampler_seed: int, trials: int | None, storage: P
 
 def summarise(run_dir: Path) -> dict[str, Any]:
     """A run's verdicts and its searches' winner's curse, from its Parquet files alone."""
-    gains = pq.read_table(run_dir / "gains.parquet").to_pylist()
-    trials = pq.read_table(run_dir / "trials.parquet").to_pylist()
+    gains = read_rows(run_dir / GAINS_FILE)
+    trials = read_rows(run_dir / TRIALS_FILE, TRIAL_KEY)  # a part's rows once, as kdtune reads
     spec = yaml.safe_load((run_dir / "spec.yaml").read_text(encoding="utf-8"))
     by_id = {t["trial_id"]: t for t in trials}
     curse = []
@@ -78,6 +80,11 @@ def summarise(run_dir: Path) -> dict[str, Any]:
             "curse": curse}
 
 
+def verdicts_by_comparison(run: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """A summarised run's verdicts by (dataset, method)."""
+    return {(v["dataset"], v["method"]): v for v in run["verdicts"]}
+
+
 def markdown(result: dict[str, Any]) -> str:
     runs = result["runs"]
     lines = [f"# search_variance {result['date']}", "",
@@ -87,12 +94,11 @@ def markdown(result: dict[str, Any]) -> str:
                                   for r in runs), "",
              "| comparison | " + " | ".join(f"sampler seed {r['sampler_seed']}" for r in runs)
              + " |", "|---|" + "---|" * len(runs)]
-    keys = [(v["dataset"], v["method"]) for v in runs[0]["verdicts"]]
-    for dataset, method in keys:
+    by_run = [verdicts_by_comparison(r) for r in runs]
+    for dataset, method in by_run[0]:
         cells = []
-        for r in runs:
-            v = next((v for v in r["verdicts"] if (v["dataset"], v["method"]) == (dataset,
-                                                                                method)), None)
+        for verdicts in by_run:
+            v = verdicts.get((dataset, method))
             cells.append("–" if v is None else
                          f"{v['gain_pts']:+.2f} [{v['gain_ci_low']:+.2f}, {v['gain_ci_high']:+.2f}]"
                          f" {v['verdict']} ({v['n_seeds']} seeds)")
@@ -126,9 +132,9 @@ def main() -> None:
         run_dirs = [run_study(Path(args.spec), seed, args.trials, storage)
                     for seed in args.sampler_seeds]
     runs = [summarise(d) for d in run_dirs]
-    keys = {(v["dataset"], v["method"]) for v in runs[0]["verdicts"]}
-    same = sum(len({v["verdict"] for r in runs for v in r["verdicts"]
-                    if (v["dataset"], v["method"]) == key}) == 1 for key in keys)
+    by_run = [verdicts_by_comparison(r) for r in runs]
+    keys = by_run[0]
+    same = sum(len({v[key]["verdict"] for v in by_run if key in v}) == 1 for key in keys)
     result = {"benchmark": "search_variance",
               "date": dt.datetime.now().isoformat(timespec="seconds"),
               "machine": f"{platform.node()}, {os.cpu_count()} CPUs, load before "

@@ -162,9 +162,8 @@ def build_report(run_dir: str | Path | Sequence[str | Path],
     if len(dirs) > 1 and out is None:
         raise ReportError("a comparison of several runs needs --out FILE")
     runs = load_runs(dirs)
-    for note_line in (line for run in runs for line in run.notes):
-        if log:
-            log(note_line)
+    for line in (line for run in runs for line in run.notes) if log else ():
+        log(line)
     page = render(runs)
     out_path = Path(out) if out else Path(dirs[0]) / REPORT_FILE
     write_text_atomic(page, out_path)
