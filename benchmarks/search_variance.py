@@ -32,7 +32,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kdtune.rundir import GAINS_FILE, TRIAL_KEY, TRIALS_FILE, read_rows  # noqa: E402
+from kdtune.rundir import GAINS_FILE, TRIAL_KEY, TRIALS_FILE, first_line, read_rows  # noqa: E402
+from kdtune.storage import StorageError  # noqa: E402
 
 
 def run_study(spec_path: Path, sampler_seed: int, trials: int | None, storage: Path) -> Path:
@@ -125,13 +126,28 @@ def main() -> None:
     args = parser.parse_args()
 
     load_before = os.getloadavg()
-    if args.runs:
-        run_dirs = args.runs
-    else:
-        storage = Path(tempfile.mkdtemp(prefix="kdtune-search-variance-"))
-        run_dirs = [run_study(Path(args.spec), seed, args.trials, storage)
-                    for seed in args.sampler_seeds]
-    runs = [summarise(d) for d in run_dirs]
+    try:
+        if args.runs:
+            run_dirs = args.runs
+            for run_dir in run_dirs:  # before anything is read: one line, nothing written
+                if not (run_dir / GAINS_FILE).is_file():
+                    raise StorageError(f"{run_dir}: not a finished kdtune run directory (no "
+                                       f"{GAINS_FILE})")
+        else:
+            spec_path = Path(args.spec)
+            try:  # unreadable: one line here, before any run
+                yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+                raise StorageError(f"--spec {spec_path}: {first_line(error)}") from None
+            storage = Path(tempfile.mkdtemp(prefix="kdtune-search-variance-"))
+            run_dirs = [run_study(spec_path, seed, args.trials, storage)
+                        for seed in args.sampler_seeds]
+        runs = [summarise(d) for d in run_dirs]
+    except StorageError as error:  # RunFileError (a damaged run file) included
+        print(f"search_variance: {first_line(error)}", file=sys.stderr)
+        sys.exit(2)
+    except subprocess.CalledProcessError as error:  # kdtune run said why, in one line
+        sys.exit(error.returncode)
     by_run = [verdicts_by_comparison(r) for r in runs]
     keys = by_run[0]
     same = sum(len({v[key]["verdict"] for v in by_run if key in v}) == 1 for key in keys)
